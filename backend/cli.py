@@ -1,0 +1,92 @@
+"""`taskapi serve | migrate | token` — run the service, migrate its database, mint a test token."""
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import sys
+import time
+
+import jwt
+import uvicorn
+from pydantic import ValidationError
+
+from backend import db
+from backend.config import Settings
+
+_TTL = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _ttl(text: str) -> int:
+    match = _TTL.match(text.strip().lower())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError("a duration such as 3600, 90s, 15m, 1h or 7d")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> None:
+    if settings.migrate_on_start:
+        asyncio.run(db.migrate(settings))
+    # Migrated once here; the workers need not race for it.
+    os.environ["MIGRATE_ON_START"] = "false"
+    uvicorn.run(
+        "backend.main:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        proxy_headers=args.proxy_headers,
+        log_level=settings.log_level.lower(),
+    )
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> None:
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": args.sub, "iat": now, "exp": now + args.ttl}
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    print(jwt.encode(claims, settings.hs256_secret, algorithm="HS256"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="taskapi", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="migrate, then serve the API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--proxy-headers", action="store_true", help="trust X-Forwarded-* (behind a proxy)"
+    )
+    commands.add_parser("migrate", help="apply pending database migrations")
+    token = commands.add_parser("token", help="print an HS256 token signed with the secret")
+    token.add_argument("--sub", required=True, help="the user id")
+    token.add_argument("--ttl", type=_ttl, default=3600, help="lifetime: 3600, 15m, 1h, 7d")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        sys.exit(f"taskapi: invalid configuration: {problems}")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        _serve(settings, args)
+    elif args.command == "migrate":
+        asyncio.run(db.migrate(settings))
+        print("taskapi: database is at the latest migration", file=sys.stderr)
+    else:
+        _token(settings, args)
+
+
+if __name__ == "__main__":
+    main()

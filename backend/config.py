@@ -1,0 +1,92 @@
+"""Settings, read once from the environment (and `.env`) and passed in, never imported as a global.
+
+With nothing configured the service runs for development: a SQLite file and a random HS256
+secret, both kept in `DATA_DIR`, and a warning in the log that the secret is not for production.
+"""
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger("backend.config")
+
+MIN_SECRET_BYTES = 32
+DEV_SECRET_FILE = "dev-secret"  # noqa: S105 - a file name, not a secret
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None, description="sqlite:///path or postgresql://… (Neon's form is accepted)"
+    )
+    better_auth_secret: SecretStr | None = Field(
+        default=None, description="HS256 shared secret, at least 32 bytes"
+    )
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=60)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    data_dir: Path = Path("data")
+    migrate_on_start: bool = True
+    db_pool_size: int = Field(default=10, ge=1, le=100)
+    db_max_overflow: int = Field(default=10, ge=0, le=100)
+    db_pool_timeout: float = Field(default=5.0, gt=0, le=60)
+    db_connect_timeout: float = Field(default=5.0, gt=0, le=60)
+    log_level: str = "INFO"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("better_auth_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"BETTER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes "
+                "(generate one with: openssl rand -base64 32)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _development_defaults(self) -> "Settings":
+        # Zero-config local run: fill the gaps from the data folder. `frozen` models can still be
+        # completed here through object.__setattr__, before anyone else sees the instance.
+        if self.database_url is None:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'tasks.db'}")
+        if self.better_auth_secret is None:
+            object.__setattr__(self, "better_auth_secret", SecretStr(_dev_secret(self.data_dir)))
+        return self
+
+    @property
+    def db_url(self) -> str:
+        assert self.database_url is not None  # filled in by _development_defaults
+        return self.database_url
+
+    @property
+    def hs256_secret(self) -> bytes:
+        assert self.better_auth_secret is not None  # filled in by _development_defaults
+        # The HMAC key is the UTF-8 bytes of the secret string, as Better Auth and jose use it.
+        return self.better_auth_secret.get_secret_value().encode()
+
+
+def _dev_secret(data_dir: Path) -> str:
+    path = data_dir / DEV_SECRET_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    logger.warning(
+        "BETTER_AUTH_SECRET is not set: using the development secret in %s. "
+        "This is for local development only; set BETTER_AUTH_SECRET in production.",
+        path,
+    )
+    return path.read_text().strip()

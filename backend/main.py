@@ -1,0 +1,97 @@
+"""The ASGI application: `backend.main:app`, built by `create_app(settings)`."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend import db
+from backend.config import Settings
+from backend.errors import PayloadTooLarge, install_error_handlers
+from backend.middleware.jwt_auth import TokenVerifier
+from backend.routes import tasks
+
+MAX_BODY_BYTES = 1024 * 1024
+logger = logging.getLogger("backend")
+
+
+class BodySizeLimit:
+    """Refuses request bodies over the limit with 413, counting bytes as they stream in, so a
+    chunked body without Content-Length is caught too and nothing large is ever buffered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                declared_too_large = True
+                break
+        else:
+            declared_too_large = False
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            if declared_too_large:
+                raise PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes")
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.migrate_on_start:
+            await db.migrate(settings)
+        yield
+        await app.state.engine.dispose()
+
+    app = FastAPI(
+        title="Tasks API",
+        version="0.1.0",
+        summary="Multi-user tasks for apps whose users sign in with Better Auth.",
+        description="Every route needs `Authorization: Bearer <JWT>` whose `sub` is the "
+        "`{user_id}` of the path. Errors are `{detail, code, field}`.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = db.make_engine(settings)
+    app.state.verifier = TokenVerifier(settings)
+    install_error_handlers(app)
+    app.include_router(tasks.router)
+    app.add_middleware(BodySizeLimit)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Location"],
+        )
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `backend.main:app` is built on first access (uvicorn's import), not at import time, so
+    # that importing create_app (tests, the CLI) reads no environment and touches no files.
+    if name == "app":
+        application = globals()["app"] = create_app()
+        return application
+    raise AttributeError(name)

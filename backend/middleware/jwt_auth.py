@@ -1,0 +1,134 @@
+"""Who is calling: the bearer JWT, verified, and the path's user checked against it.
+
+Flow for every route under /api/{user_id}/…:
+  1. `authenticate(request)` runs before FastAPI reads the body or validates anything, so an
+     unauthenticated request is a 401 whatever else is wrong with it (routes/tasks.py calls it
+     from its route class: FastAPI parses bodies before it solves dependencies).
+     - no `Authorization: Bearer …` header        → 401 AUTH_REQUIRED  (tokens in the query
+       string are ignored)
+     - a token that fails verification            → 401 TOKEN_INVALID / TOKEN_EXPIRED
+     - the token's `sub` ≠ the path's `{user_id}` → 403 FORBIDDEN
+  2. `CurrentUser` hands the verified user id to the handler, and documents the bearer scheme
+     in OpenAPI (the Authorize button of /docs).
+
+Tokens: HS256 signed with BETTER_AUTH_SECRET (its UTF-8 bytes), `exp` and `sub` required,
+`nbf` honoured, bounded leeway, `iss`/`aud` checked when configured. Tokens are never logged.
+"""
+
+from typing import Annotated, Any
+
+import jwt
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from backend.config import Settings
+from backend.errors import AuthRequired, Forbidden, TokenExpired, TokenInvalid
+from backend.models.task import USER_ID_MAX
+
+HS256 = "HS256"
+MAX_TOKEN_BYTES = 8192  # Better Auth's tokens are well under 2 KiB; refuse before any parsing
+_CONTROL = {chr(c) for c in range(0x20)} | {"\x7f"}
+NOT_A_JWT_DETAIL = (
+    "The bearer token is not a JWT. A Better Auth session token cannot be verified here: "
+    "send the JWT that Better Auth's jwt plugin serves at /api/auth/token"
+)
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    bearerFormat="JWT",
+    description="A Better Auth JWT whose `sub` is the user id in the path.",
+)
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        self._key = settings.hs256_secret
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._leeway = settings.jwt_leeway_seconds
+        self._options: Any = {
+            "require": ["exp", "sub"],
+            # Tokens made with the shared secret often carry an `aud` nobody configured here;
+            # it is checked only when JWT_AUDIENCE says what it must be.
+            "verify_aud": self._audience is not None,
+        }
+        if self._issuer is not None:
+            self._options["require"].append("iss")
+        if self._audience is not None:
+            self._options["require"].append("aud")
+
+    async def verify(self, token: str) -> str:
+        """Return the token's user id (`sub`) or raise TokenInvalid / TokenExpired."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise TokenInvalid("The bearer token is too large")
+        if token.count(".") != 2:
+            raise TokenInvalid(NOT_A_JWT_DETAIL)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenInvalid("The bearer token is malformed") from None
+        if header.get("alg") != HS256:
+            raise TokenInvalid("The token's signing algorithm is not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[HS256],
+                options=self._options,
+                leeway=self._leeway,
+                issuer=self._issuer,
+                audience=self._audience,
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired() from None
+        except jwt.ImmatureSignatureError:
+            raise TokenInvalid("The bearer token is not valid yet (nbf)") from None
+        except jwt.InvalidSignatureError:
+            raise TokenInvalid("The bearer token's signature does not verify") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise TokenInvalid() from None
+        return _subject(claims)
+
+
+def _subject(claims: dict[str, Any]) -> str:
+    sub = claims.get("sub")
+    if (
+        not isinstance(sub, str)
+        or not sub
+        or len(sub) > USER_ID_MAX
+        or not _CONTROL.isdisjoint(sub)
+    ):
+        raise TokenInvalid("The token's sub claim must be a user id string")
+    return sub
+
+
+async def authenticate(request: Request) -> str:
+    """Verify the bearer token and that it belongs to the path's user; return the user id."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthRequired()
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthRequired("Use the Bearer scheme: Authorization: Bearer <JWT>")
+    token = token.strip()
+    if not token:
+        raise TokenInvalid("The bearer token is empty")
+    verifier: TokenVerifier = request.app.state.verifier
+    user_id = await verifier.verify(token)
+    if request.path_params.get("user_id") != user_id:
+        raise Forbidden()
+    request.state.user_id = user_id
+    return user_id
+
+
+async def _current_user(
+    request: Request,
+    user_id: Annotated[str, Path(description="The user id; must equal the token's `sub`.")],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> str:
+    verified: str = request.state.user_id  # set by authenticate(), which ran first
+    assert verified == user_id
+    return verified
+
+
+CurrentUser = Annotated[str, Depends(_current_user)]

@@ -1,0 +1,15 @@
+"""The error body, for the OpenAPI document (errors.py renders it)."""
+
+from pydantic import BaseModel
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str
+    field: str | None = None
+    errors: list[FieldProblem] | None = None

@@ -1,0 +1,120 @@
+"""Every query and rule about tasks.
+
+Each operation is one statement with the owner in its WHERE clause (a task of another user is
+simply not found) and `RETURNING` the row, so a request costs one database round trip and no
+read-back. Rows come back as plain dicts, ready to be rendered without re-validation.
+"""
+
+from datetime import UTC, datetime
+from typing import Any, TypedDict, cast
+
+from sqlalchemy import Table, bindparam, case, delete, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from backend.errors import TaskNotFound
+from backend.models.task import Task, UTCDateTime
+from backend.schemas.task import TaskCreate, TaskReplace, TaskUpdate
+
+
+class TaskRow(TypedDict):
+    id: int
+    user_id: str
+    title: str
+    description: str | None
+    completed: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+task_table = cast(Table, Task.__table__)  # type: ignore[attr-defined]
+_t = task_table.c
+# Named apart from the columns: UPDATE reserves the column names for its SET values.
+_owned = (_t.id == bindparam("key_id")) & (_t.user_id == bindparam("key_user"))
+
+_LIST = select(task_table).where(_t.user_id == bindparam("user_id"))
+_LIST = _LIST.order_by(_t.created_at.desc(), _t.id.desc())
+_LIST_LIMITED = _LIST.limit(bindparam("limit"))
+_GET = select(task_table).where(_owned)
+_CREATE = insert(task_table).returning(*_t)
+_TOGGLE = (
+    update(task_table)
+    .where(_owned)
+    .values(completed=~_t.completed, updated_at=bindparam("now", type_=UTCDateTime()))
+    .returning(*_t)
+)
+_DELETE = delete(task_table).where(_owned).returning(*_t)
+
+
+def _key(user_id: str, task_id: int) -> dict[str, Any]:
+    return {"key_id": task_id, "key_user": user_id}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _now_param() -> Any:
+    return bindparam("now", _now(), type_=UTCDateTime())
+
+
+def _one(row: Any) -> TaskRow:
+    if row is None:
+        raise TaskNotFound()
+    return cast(TaskRow, dict(row))
+
+
+async def list_tasks(
+    conn: AsyncConnection, *, user_id: str, limit: int | None = None
+) -> list[TaskRow]:
+    params: dict[str, Any] = {"user_id": user_id}
+    if limit is not None:
+        params["limit"] = limit
+    result = await conn.execute(_LIST if limit is None else _LIST_LIMITED, params)
+    return [cast(TaskRow, dict(row)) for row in result.mappings()]
+
+
+async def get_task(conn: AsyncConnection, *, user_id: str, task_id: int) -> TaskRow:
+    result = await conn.execute(_GET, _key(user_id, task_id))
+    return _one(result.mappings().first())
+
+
+async def create_task(conn: AsyncConnection, *, user_id: str, data: TaskCreate) -> TaskRow:
+    now = _now()
+    values = {"user_id": user_id, **data.model_dump(), "created_at": now, "updated_at": now}
+    result = await conn.execute(_CREATE, values)
+    return _one(result.mappings().first())
+
+
+async def update_task(
+    conn: AsyncConnection, *, user_id: str, task_id: int, data: TaskUpdate | TaskReplace
+) -> TaskRow:
+    """Apply the fields that were sent. `updated_at` moves only if a value actually changes."""
+    changes = data.model_dump(exclude_unset=True)
+    if not changes:
+        return await get_task(conn, user_id=user_id, task_id=task_id)
+    changed = or_(*(_t[name].is_distinct_from(value) for name, value in changes.items()))
+    stmt = (
+        update(task_table)
+        .where(_owned)
+        .values(**changes, updated_at=case((changed, _now_param()), else_=_t.updated_at))
+        .returning(*_t)
+    )
+    result = await conn.execute(stmt, _key(user_id, task_id))
+    return _one(result.mappings().first())
+
+
+async def set_completed(
+    conn: AsyncConnection, *, user_id: str, task_id: int, completed: bool | None
+) -> TaskRow:
+    """`completed=None` toggles, atomically in the database; a bool sets it (idempotent)."""
+    if completed is not None:
+        return await update_task(
+            conn, user_id=user_id, task_id=task_id, data=TaskUpdate(completed=completed)
+        )
+    result = await conn.execute(_TOGGLE, {**_key(user_id, task_id), "now": _now()})
+    return _one(result.mappings().first())
+
+
+async def delete_task(conn: AsyncConnection, *, user_id: str, task_id: int) -> TaskRow:
+    result = await conn.execute(_DELETE, _key(user_id, task_id))
+    return _one(result.mappings().first())
