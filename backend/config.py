@@ -5,6 +5,7 @@ secret, both kept in `DATA_DIR`, and a warning in the log that the secret is not
 """
 
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +20,12 @@ DEV_SECRET_FILE = "dev-secret"  # noqa: S105 - a file name, not a secret
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # a refused secret must not be printed in the error
+    )
 
     database_url: str | None = Field(
         default=None, description="sqlite:///path or postgresql://… (Neon's form is accepted)"
@@ -80,13 +86,20 @@ class Settings(BaseSettings):
 
 def _dev_secret(data_dir: Path) -> str:
     path = data_dir / DEV_SECRET_FILE
-    if not path.exists():
+    secret = path.read_text().strip() if path.exists() else ""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        # Missing, or left empty or truncated by an interrupted write: make a new one, written
+        # atomically so that a crash can never leave a weak secret behind.
         data_dir.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(48))
+        secret = secrets.token_urlsafe(48)
+        partial = path.with_suffix(".tmp")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secret)
+        os.replace(partial, path)
     logger.warning(
         "BETTER_AUTH_SECRET is not set: using the development secret in %s. "
         "This is for local development only; set BETTER_AUTH_SECRET in production.",
         path,
     )
-    return path.read_text().strip()
+    return secret

@@ -75,7 +75,10 @@ def _pg_connect_args(url: URL, settings: Settings) -> tuple[URL, dict[str, Any]]
     # asyncpg negotiates SCRAM itself and has no channel-binding switch; Neon accepts it without.
     query.pop("channel_binding", None)
     if "connect_timeout" in query:
-        args["timeout"] = float(str(query.pop("connect_timeout")))
+        try:
+            args["timeout"] = float(str(query.pop("connect_timeout")))
+        except ValueError:
+            raise DatabaseURLError("connect_timeout must be a number of seconds") from None
     server_settings = {}
     if "application_name" in query:
         server_settings["application_name"] = str(query.pop("application_name"))

@@ -20,7 +20,7 @@ Nothing else raises HTTPException; no response carries a traceback, SQL or a dri
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import orjson
@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
 logger = logging.getLogger("backend.errors")
 
@@ -175,14 +176,36 @@ async def _on_validation_error(_: Request, exc: Exception) -> Response:
     )
 
 
-async def _on_http_exception(_: Request, exc: Exception) -> Response:
+def _flat_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    for route in routes:
+        # FastAPI keeps an included router as one entry that wraps the router's own routes
+        # (whose paths already carry the router's prefix; this app includes without a prefix).
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _flat_routes(included.routes)
+        else:
+            yield route
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Starlette names only the first route whose path matches; RFC 9110 wants every method
+    # the resource supports.
+    methods: set[str] = set()
+    for route in _flat_routes(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
         return error_response(NotFound())
     if exc.status_code == 405:
         response = error_response(MethodNotAllowed())
-        if exc.headers and "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
+        response.headers["Allow"] = ", ".join(_allowed_methods(request))
         return response
     error = AppError("Bad request" if exc.status_code < 500 else None)
     response = error_response(error)

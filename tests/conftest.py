@@ -243,13 +243,17 @@ class LiveServer:
     process: subprocess.Popen[bytes]
 
 
-@pytest.fixture
-def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
-    """The service under uvicorn in its own process, on a free loopback port."""
+@pytest.fixture(scope="module")
+def live_server(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """The service under uvicorn in its own process, on a free loopback port; one per module
+    and database, so its tests use user ids of their own (the table is not emptied for them)."""
     port = free_port()
+    tmp_path = tmp_path_factory.mktemp("live")
     env = {
         **os.environ,
-        "DATABASE_URL": settings.db_url,
+        "DATABASE_URL": database_url,
         "BETTER_AUTH_SECRET": SECRET,
         "MIGRATE_ON_START": "false",
         "DATA_DIR": str(tmp_path),

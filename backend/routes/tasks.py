@@ -46,7 +46,9 @@ class TaskRoute(APIRoute):
                     raise UnsupportedMediaType()
                 try:
                     await request.json()  # parsed once; FastAPI reuses the cached value
-                except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+                # JSONDecodeError, bytes that are not UTF-8, or nesting deeper than the parser's
+                # recursion limit (a 1 KB body of "[[[[…" must be a 400, not a 500).
+                except (ValueError, RecursionError):
                     raise MalformedJSON() from None
             return await handler(request)
 

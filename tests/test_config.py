@@ -1,0 +1,403 @@
+"""Configuration: secrets too weak to use are refused, a zero-config run works, CORS and database
+URLs are read as people write them, and the CLI mints tokens the service accepts."""
+
+import logging
+import stat
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from pydantic import SecretStr, ValidationError
+from sqlalchemy.engine import URL
+
+from backend import db
+from backend.cli import main as cli
+from backend.config import Settings
+from backend.main import create_app
+from backend.middleware.jwt_auth import TokenVerifier
+from tests.conftest import SECRET, make_settings
+
+NEON = (
+    "postgresql://u:p@ep-x-pooler.us-east-2.aws.neon.tech/neondb"
+    "?sslmode=require&channel_binding=require"
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No setting comes from the environment of whoever runs the tests."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.delenv(name, raising=False)
+
+
+def _settings(**values: object) -> Settings:
+    return Settings(_env_file=None, database_url="sqlite:///unused.db", **values)  # type: ignore[arg-type]
+
+
+def _rendered(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+# --- the secret ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("x" * 31, id="31-bytes"),
+        pytest.param("é" * 15 + "x", id="16-chars-31-bytes"),
+    ],
+)
+def test_short_secret_is_refused(clean_env: None, secret: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        _settings(better_auth_secret=secret)
+    assert [e["loc"] for e in caught.value.errors()] == [("better_auth_secret",)]
+    assert "BETTER_AUTH_SECRET" in caught.value.errors()[0]["msg"]
+
+
+def test_short_secret_from_the_environment_is_refused(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BETTER_AUTH_SECRET", "x" * 31)
+    with pytest.raises(ValidationError) as caught:
+        _settings()
+    assert [e["loc"] for e in caught.value.errors()] == [("better_auth_secret",)]
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param("x" * 32, id="32-ascii"),
+        pytest.param("é" * 16, id="16-chars-32-bytes"),
+        pytest.param("🔑" * 8, id="8-chars-32-bytes"),
+        pytest.param(SECRET, id="long"),
+    ],
+)
+def test_secret_of_32_bytes_or_more_is_accepted(clean_env: None, secret: str) -> None:
+    settings = _settings(better_auth_secret=secret)
+    assert len(secret.encode()) >= 32
+    assert settings.hs256_secret == secret.encode()  # the key is the secret's UTF-8 bytes
+
+
+def test_secret_from_the_environment(clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BETTER_AUTH_SECRET", SECRET)
+    settings = _settings()
+    assert settings.hs256_secret == SECRET.encode()
+    assert SECRET not in repr(settings)
+
+
+@pytest.mark.parametrize("leeway", [-1, 61, 3600])
+def test_leeway_is_bounded(clean_env: None, leeway: int) -> None:
+    with pytest.raises(ValidationError) as caught:
+        _settings(better_auth_secret=SECRET, jwt_leeway_seconds=leeway)
+    assert [e["loc"] for e in caught.value.errors()] == [("jwt_leeway_seconds",)]
+
+
+# --- zero configuration --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sub_dir", ["", "nested/data"])
+def test_zero_config_uses_the_data_folder(
+    clean_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture, sub_dir: str
+) -> None:
+    data_dir = tmp_path / sub_dir
+    caplog.set_level(logging.WARNING, logger="backend.config")
+    settings = Settings(_env_file=None, data_dir=data_dir)
+
+    assert settings.db_url == f"sqlite:///{data_dir / 'tasks.db'}"
+    secret_file = data_dir / "dev-secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert settings.better_auth_secret is not None
+    secret = settings.better_auth_secret.get_secret_value()
+    assert secret == secret_file.read_text().strip()
+    assert len(secret.encode()) >= 32
+    warnings = [r for r in caplog.records if r.name == "backend.config"]
+    assert [r.levelno for r in warnings] == [logging.WARNING]
+    assert "development" in warnings[0].getMessage()
+    assert secret not in caplog.text
+
+    again = Settings(_env_file=None, data_dir=data_dir)
+    assert again.better_auth_secret is not None
+    assert again.better_auth_secret.get_secret_value() == secret
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+
+
+def test_zero_config_secrets_differ_between_data_folders(clean_env: None, tmp_path: Path) -> None:
+    first = Settings(_env_file=None, data_dir=tmp_path / "one")
+    second = Settings(_env_file=None, data_dir=tmp_path / "two")
+    assert first.hs256_secret != second.hs256_secret
+
+
+@pytest.mark.parametrize("content", ["", "\n", "short"], ids=["empty", "newline", "short"])
+def test_a_weak_dev_secret_file_is_never_used(
+    clean_env: None, tmp_path: Path, content: str
+) -> None:
+    # E.g. a crash between creating the file and writing it leaves it empty; an empty HMAC key
+    # would let anyone sign tokens.
+    (tmp_path / "dev-secret").write_text(content)
+    try:
+        settings = Settings(_env_file=None, data_dir=tmp_path)
+    except ValidationError:
+        return
+    assert len(settings.hs256_secret) >= 32
+
+
+def test_explicit_settings_create_no_dev_secret(clean_env: None, tmp_path: Path) -> None:
+    Settings(_env_file=None, data_dir=tmp_path, better_auth_secret=SecretStr(SECRET))
+    assert not (tmp_path / "dev-secret").exists()
+
+
+async def test_zero_config_service_answers(clean_env: None, tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path)
+    await db.migrate(settings)
+    app = create_app(settings)
+    token = jwt.encode(
+        {"sub": "dev", "exp": int(time.time()) + 60}, settings.hs256_secret, algorithm="HS256"
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            headers = {"Authorization": f"Bearer {token}"}
+            created = await http.post("/api/dev/tasks", json={"title": "t"}, headers=headers)
+            assert created.status_code == 201, created.text
+            listed = await http.get("/api/dev/tasks", headers=headers)
+            assert [t["title"] for t in listed.json()] == ["t"]
+    finally:
+        await app.state.engine.dispose()
+    assert (tmp_path / "tasks.db").is_file()
+
+
+# --- CORS ----------------------------------------------------------------------------------------
+
+ALLOWED = "https://a.example"
+
+
+def test_cors_origins_from_the_environment(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example/")
+    assert _settings(better_auth_secret=SECRET).cors_origins == [
+        "https://a.example",
+        "https://b.example",
+    ]
+    monkeypatch.setenv("CORS_ORIGINS", "")
+    assert _settings(better_auth_secret=SECRET).cors_origins == []
+
+
+def test_cors_origins_default_to_none(clean_env: None) -> None:
+    assert _settings(better_auth_secret=SECRET).cors_origins == []
+
+
+def _preflight(origin: str) -> dict[str, str]:
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": "PATCH",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+
+
+def _tokens(value: str) -> set[str]:
+    return {part.strip().lower() for part in value.split(",")}
+
+
+async def test_cors_preflight(
+    clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example/")
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'cors.db'}"))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            for origin in ("https://a.example", "https://b.example"):
+                response = await http.options("/api/alice/tasks/1", headers=_preflight(origin))
+                assert response.status_code == 200, response.text
+                assert response.headers["access-control-allow-origin"] == origin
+                assert response.headers["access-control-allow-credentials"] == "true"
+                allowed_headers = _tokens(response.headers["access-control-allow-headers"])
+                assert {"authorization", "content-type"} <= allowed_headers
+                methods = _tokens(response.headers["access-control-allow-methods"])
+                assert {"get", "post", "put", "patch", "delete"} <= methods
+                assert "origin" in _tokens(response.headers["vary"])
+
+            for origin in ("https://evil.example", "https://a.example.evil.example", "null"):
+                response = await http.options("/api/alice/tasks/1", headers=_preflight(origin))
+                assert "access-control-allow-origin" not in response.headers
+
+            # A real request: even a 401 carries the CORS headers, so the browser can read it.
+            response = await http.get("/api/alice/tasks", headers={"Origin": ALLOWED})
+            assert response.status_code == 401, response.text
+            assert response.headers["access-control-allow-origin"] == ALLOWED
+            assert response.headers["access-control-allow-credentials"] == "true"
+            response = await http.get("/api/alice/tasks", headers={"Origin": "https://x.example"})
+            assert response.status_code == 401, response.text
+            assert "access-control-allow-origin" not in response.headers
+    finally:
+        await app.state.engine.dispose()
+
+
+async def test_no_cors_without_origins(clean_env: None, tmp_path: Path) -> None:
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'cors.db'}"))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.options("/api/alice/tasks", headers=_preflight(ALLOWED))
+            assert "access-control-allow-origin" not in response.headers
+    finally:
+        await app.state.engine.dispose()
+
+
+# --- database URLs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalized"),
+    [
+        ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("sqlite:////abs/path/x.db", "sqlite+aiosqlite:////abs/path/x.db"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("postgres://u:p@h/d", "postgresql+asyncpg://u:p@h/d"),
+        ("postgresql://u:p@h/d", "postgresql+asyncpg://u:p@h/d"),
+        ("postgresql+asyncpg://u:p@h:5433/d", "postgresql+asyncpg://u:p@h:5433/d"),
+        ("postgresql+psycopg2://u:p@h/d", "postgresql+asyncpg://u:p@h/d"),
+        ("  postgresql://u:p@h/d\n", "postgresql+asyncpg://u:p@h/d"),
+    ],
+)
+def test_normalize_url(raw: str, normalized: str) -> None:
+    assert _rendered(db.normalize_url(raw)) == normalized
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["mysql://u:p@h/d", "mssql+pyodbc://u:p@h/d", "oracle://u:p@h/d", "http://h/d", "", "tasks"],
+)
+def test_normalize_url_refuses_other_databases(raw: str) -> None:
+    with pytest.raises(db.DatabaseURLError):
+        db.normalize_url(raw)
+
+
+async def test_neon_url_builds_an_engine(clean_env: None) -> None:
+    engine = db.make_engine(make_settings(NEON))
+    try:
+        assert engine.dialect.name == "postgresql"
+        assert engine.dialect.driver == "asyncpg"
+        assert _rendered(engine.url) == (
+            "postgresql+asyncpg://u:p@ep-x-pooler.us-east-2.aws.neon.tech/neondb"
+        )
+    finally:
+        await engine.dispose()
+
+
+def test_neon_query_becomes_asyncpg_arguments(clean_env: None) -> None:
+    url, args = db._pg_connect_args(db.normalize_url(NEON), make_settings(NEON))
+    assert dict(url.query) == {}
+    assert args == {"timeout": 5.0, "ssl": "require"}
+    assert "channel_binding" not in _rendered(url)
+    assert "sslmode" not in _rendered(url)
+
+
+def test_more_libpq_parameters(clean_env: None) -> None:
+    raw = "postgresql://u:p@h/d?sslmode=disable&connect_timeout=3&application_name=tasks"
+    url, args = db._pg_connect_args(db.normalize_url(raw), make_settings(raw))
+    assert dict(url.query) == {}
+    assert args == {
+        "timeout": 3.0,
+        "ssl": "disable",
+        "server_settings": {"application_name": "tasks"},
+    }
+
+
+@pytest.mark.parametrize(
+    "query", ["foo=bar", "sslmode=require&foo=bar", "sslmode=bogus", "target_session_attrs=any"]
+)
+async def test_unknown_or_bad_query_parameter_is_refused(clean_env: None, query: str) -> None:
+    url = f"postgresql://u:p@h/d?{query}"
+    with pytest.raises(db.DatabaseURLError):
+        db.make_engine(make_settings(url))
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("BETTER_AUTH_SECRET", SECRET)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # no .env here
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("ttl", "seconds"),
+    [("15m", 900), ("3600", 3600), ("90s", 90), ("1h", 3600), ("7d", 604_800), ("2H", 7200)],
+)
+async def test_cli_token(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], ttl: str, seconds: int
+) -> None:
+    before = int(time.time())
+    cli(["token", "--sub", "alice", "--ttl", ttl])
+    after = int(time.time())
+    out, err = capsys.readouterr()
+    token = out.strip()
+    assert out == token + "\n"
+    assert SECRET not in out + err
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["exp"] - claims["iat"] == seconds
+    assert before <= claims["iat"] <= after
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    verifier = TokenVerifier(make_settings("sqlite:///unused.db"))
+    assert await verifier.verify(token) == "alice"
+    assert not (cli_env / "dev-secret").exists()
+
+
+async def test_cli_token_carries_the_configured_issuer_and_audience(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("JWT_ISSUER", "https://auth.example.com")
+    monkeypatch.setenv("JWT_AUDIENCE", "https://api.example.com")
+    cli(["token", "--sub", "bob", "--ttl", "15m"])
+    token = capsys.readouterr().out.strip()
+    settings = make_settings(
+        "sqlite:///unused.db",
+        jwt_issuer="https://auth.example.com",
+        jwt_audience="https://api.example.com",
+    )
+    assert await TokenVerifier(settings).verify(token) == "bob"
+
+
+@pytest.mark.parametrize("ttl", ["0", "15x", "-5", "", "1.5h", "m", "15 m"])
+def test_cli_bad_ttl(cli_env: Path, capsys: pytest.CaptureFixture[str], ttl: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli(["token", "--sub", "alice", "--ttl", ttl])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "argument --ttl" in err
+
+
+def test_cli_token_needs_sub(cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli(["token"])
+    assert exited.value.code == 2
+    assert "--sub" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_invalid_configuration(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weak = "weak-secret-only-29-bytes-xyz"
+    monkeypatch.setenv("BETTER_AUTH_SECRET", weak)
+    with pytest.raises(SystemExit) as exited:
+        cli(["token", "--sub", "alice", "--ttl", "15m"])
+    message = exited.value.code
+    assert isinstance(message, str)
+    assert "BETTER_AUTH_SECRET" in message
+    assert weak not in message
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert weak not in err
