@@ -39,8 +39,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     data_dir: Path = Path("data")
     migrate_on_start: bool = True
-    db_pool_size: int = Field(default=10, ge=1, le=100)
-    db_max_overflow: int = Field(default=10, ge=0, le=100)
+    db_pool_size: int | None = Field(
+        default=None, ge=1, le=100, description="default: 10 on PostgreSQL, 3 on SQLite"
+    )
+    db_max_overflow: int = Field(default=0, ge=0, le=100)
     db_pool_timeout: float = Field(default=5.0, gt=0, le=60)
     db_connect_timeout: float = Field(default=5.0, gt=0, le=60)
     log_level: str = "INFO"

@@ -20,14 +20,17 @@ import asyncio
 import fcntl
 import os
 import ssl as ssl_module
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from backend.config import Settings
@@ -106,6 +109,46 @@ def _sqlite_pragmas(dbapi_connection: Any, _: ConnectionPoolEntry) -> None:
         cursor.close()
 
 
+def pool_size(settings: Settings) -> int:
+    if settings.db_pool_size is not None:
+        return settings.db_pool_size
+    # SQLite runs one writer at a time: more connections only add threads that sleep in the
+    # busy handler (measured: p99 of writes 1 s with 20 connections, 0.1 s with 3).
+    return 3 if is_sqlite(normalize_url(settings.db_url)) else 10
+
+
+class Database:
+    """The request engine behind a first-come, first-served gate.
+
+    SQLAlchemy's async pool hands a returned connection to whoever asks next, so under load a
+    request that is already waiting can lose its turn again and again (seen: p50 15 ms, p99 3 s
+    at 64 connections). The gate admits no more requests than the pool has connections, in
+    arrival order, so the pool itself never makes anyone wait; a request that cannot get in
+    within DB_POOL_TIMEOUT gets 503.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.engine = make_engine(settings)
+        self._gate = asyncio.Semaphore(pool_size(settings) + settings.db_max_overflow)
+        self._timeout = settings.db_pool_timeout
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise sa_exc.TimeoutError("no database connection became free in time") from None
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        finally:
+            self._gate.release()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
 def make_engine(settings: Settings, *, for_requests: bool = True) -> AsyncEngine:
     """The request engine (AUTOCOMMIT, pooled), or with `for_requests=False` a one-off
     transactional engine for migrations and tests."""
@@ -113,6 +156,9 @@ def make_engine(settings: Settings, *, for_requests: bool = True) -> AsyncEngine
     kwargs: dict[str, Any] = {"hide_parameters": True}  # task text never reaches a log line
     if for_requests:
         kwargs["isolation_level"] = "AUTOCOMMIT"
+        # Nothing is left open to roll back when a connection returns to the pool (a block
+        # that opens a transaction ends it itself), so skip the ROLLBACK round trip.
+        kwargs["pool_reset_on_return"] = None
     else:
         kwargs["poolclass"] = NullPool
     if is_sqlite(url):
@@ -121,7 +167,7 @@ def make_engine(settings: Settings, *, for_requests: bool = True) -> AsyncEngine
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         if for_requests:
             kwargs.update(
-                pool_size=settings.db_pool_size,
+                pool_size=pool_size(settings),
                 max_overflow=settings.db_max_overflow,
                 pool_timeout=settings.db_pool_timeout,
             )
@@ -133,7 +179,7 @@ def make_engine(settings: Settings, *, for_requests: bool = True) -> AsyncEngine
     kwargs["connect_args"] = connect_args
     if for_requests:
         kwargs.update(
-            pool_size=settings.db_pool_size,
+            pool_size=pool_size(settings),
             max_overflow=settings.db_max_overflow,
             pool_timeout=settings.db_pool_timeout,
             pool_recycle=PG_POOL_RECYCLE_SECONDS,

@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.migrate_on_start:
             await db.migrate(settings)
         yield
-        await app.state.engine.dispose()
+        await app.state.db.dispose()
 
     app = FastAPI(
         title="Tasks API",
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.engine = db.make_engine(settings)
+    app.state.db = db.Database(settings)
     app.state.verifier = TokenVerifier(settings)
     install_error_handlers(app)
     app.include_router(tasks.router)

@@ -229,12 +229,12 @@ def auth(token: Callable[..., str]) -> Callable[..., dict[str, str]]:
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The real ASGI app on an empty task table, through httpx."""
     app = create_app(settings)
-    async with app.state.engine.connect() as conn:
+    async with app.state.db.engine.connect() as conn:
         await conn.execute(text("DELETE FROM task"))
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
-    await app.state.engine.dispose()
+    await app.state.db.dispose()
 
 
 @dataclass

@@ -167,7 +167,7 @@ async def test_zero_config_service_answers(clean_env: None, tmp_path: Path) -> N
             listed = await http.get("/api/dev/tasks", headers=headers)
             assert [t["title"] for t in listed.json()] == ["t"]
     finally:
-        await app.state.engine.dispose()
+        await app.state.db.dispose()
     assert (tmp_path / "tasks.db").is_file()
 
 
@@ -236,7 +236,7 @@ async def test_cors_preflight(
             assert response.status_code == 401, response.text
             assert "access-control-allow-origin" not in response.headers
     finally:
-        await app.state.engine.dispose()
+        await app.state.db.dispose()
 
 
 async def test_no_cors_without_origins(clean_env: None, tmp_path: Path) -> None:
@@ -247,7 +247,7 @@ async def test_no_cors_without_origins(clean_env: None, tmp_path: Path) -> None:
             response = await http.options("/api/alice/tasks", headers=_preflight(ALLOWED))
             assert "access-control-allow-origin" not in response.headers
     finally:
-        await app.state.engine.dispose()
+        await app.state.db.dispose()
 
 
 # --- database URLs -------------------------------------------------------------------------------

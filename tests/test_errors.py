@@ -49,7 +49,7 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield http
     finally:
-        await app.state.engine.dispose()
+        await app.state.db.dispose()
 
 
 async def _create(client: httpx.AsyncClient, auth: Auth, title: str = "original") -> str:
@@ -311,7 +311,7 @@ async def test_unexpected_error_is_500_without_details(
             response = await http.get("/nope")  # still serving
             assert_error(response, 404, "NOT_FOUND")
     finally:
-        await app.state.engine.dispose()
+        await app.state.db.dispose()
 
 
 async def test_unexpected_error_in_a_task_route_is_500_without_details(

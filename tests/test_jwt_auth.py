@@ -134,7 +134,7 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield http
     finally:
-        await app.state.engine.dispose()
+        await app.state.db.dispose()
 
 
 # --- accepted tokens ---------------------------------------------------------------------------

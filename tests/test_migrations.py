@@ -229,7 +229,7 @@ async def test_timestamps_are_utc_aware(
 
     app = create_app(settings)
     try:
-        async with app.state.engine.connect() as conn:
+        async with app.state.db.engine.connect() as conn:
             row = (
                 await conn.execute(
                     select(task_table.c.created_at, task_table.c.updated_at).where(
@@ -238,7 +238,7 @@ async def test_timestamps_are_utc_aware(
                 )
             ).one()
     finally:
-        await app.state.engine.dispose()
+        await app.state.db.dispose()
     for stored in (row.created_at, row.updated_at):
         assert isinstance(stored, datetime)
         assert stored.tzinfo is not None

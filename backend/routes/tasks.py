@@ -56,7 +56,7 @@ class TaskRoute(APIRoute):
 
 
 async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    async with request.app.state.engine.connect() as conn:
+    async with request.app.state.db.connect() as conn:
         yield conn
 
 

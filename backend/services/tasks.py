@@ -6,9 +6,10 @@ read-back. Rows come back as plain dicts, ready to be rendered without re-valida
 """
 
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, TypedDict, cast
 
-from sqlalchemy import Table, bindparam, case, delete, insert, or_, select, update
+from sqlalchemy import Table, Update, bindparam, case, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.errors import TaskNotFound
@@ -36,12 +37,9 @@ _LIST = _LIST.order_by(_t.created_at.desc(), _t.id.desc())
 _LIST_LIMITED = _LIST.limit(bindparam("limit"))
 _GET = select(task_table).where(_owned)
 _CREATE = insert(task_table).returning(*_t)
-_TOGGLE = (
-    update(task_table)
-    .where(_owned)
-    .values(completed=~_t.completed, updated_at=bindparam("now", type_=UTCDateTime()))
-    .returning(*_t)
-)
+_NOW = bindparam("now", type_=UTCDateTime())
+_TOGGLE = update(task_table).where(_owned).values(completed=~_t.completed, updated_at=_NOW)
+_TOGGLE = _TOGGLE.returning(*_t)
 _DELETE = delete(task_table).where(_owned).returning(*_t)
 
 
@@ -51,10 +49,6 @@ def _key(user_id: str, task_id: int) -> dict[str, Any]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _now_param() -> Any:
-    return bindparam("now", _now(), type_=UTCDateTime())
 
 
 def _one(row: Any) -> TaskRow:
@@ -85,21 +79,31 @@ async def create_task(conn: AsyncConnection, *, user_id: str, data: TaskCreate) 
     return _one(result.mappings().first())
 
 
+@cache
+def _update_statement(fields: tuple[str, ...]) -> Update:
+    """UPDATE of these fields; `updated_at` moves only if one of them really changes."""
+    new = {name: bindparam(f"new_{name}", type_=_t[name].type) for name in fields}
+    changed = or_(*(_t[name].is_distinct_from(value) for name, value in new.items()))
+    return (
+        update(task_table)
+        .where(_owned)
+        .values({**new, "updated_at": case((changed, _NOW), else_=_t.updated_at)})
+        .returning(*_t)
+    )
+
+
 async def update_task(
     conn: AsyncConnection, *, user_id: str, task_id: int, data: TaskUpdate | TaskReplace
 ) -> TaskRow:
-    """Apply the fields that were sent. `updated_at` moves only if a value actually changes."""
+    """Apply the fields that were sent; `{}` changes nothing."""
     changes = data.model_dump(exclude_unset=True)
     if not changes:
         return await get_task(conn, user_id=user_id, task_id=task_id)
-    changed = or_(*(_t[name].is_distinct_from(value) for name, value in changes.items()))
-    stmt = (
-        update(task_table)
-        .where(_owned)
-        .values(**changes, updated_at=case((changed, _now_param()), else_=_t.updated_at))
-        .returning(*_t)
+    params = {f"new_{name}": value for name, value in changes.items()}
+    result = await conn.execute(
+        _update_statement(tuple(sorted(changes))),
+        {**params, **_key(user_id, task_id), "now": _now()},
     )
-    result = await conn.execute(stmt, _key(user_id, task_id))
     return _one(result.mappings().first())
 
 

@@ -1,0 +1,77 @@
+"""The request engine's gate: first come, first served, and a full pool is a 503, not a hang."""
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+
+from backend import db
+from backend.main import create_app
+from tests.conftest import make_settings
+
+
+async def test_waiting_requests_get_connections_in_arrival_order(database_url: str) -> None:
+    database = db.Database(make_settings(database_url, db_pool_size=1))
+    order: list[int] = []
+
+    async def use(n: int) -> None:
+        async with database.connect() as conn:
+            order.append(n)
+            await conn.execute(text("SELECT 1"))
+            await asyncio.sleep(0)  # give a later arrival every chance to jump the queue
+
+    try:
+        async with database.connect():
+            waiters = []
+            for n in range(20):
+                waiters.append(asyncio.create_task(use(n)))
+                await asyncio.sleep(0)  # arrive one after the other
+            await asyncio.sleep(0.05)
+            assert order == []  # all of them wait for the one connection
+        await asyncio.gather(*waiters)
+        assert order == list(range(20))
+    finally:
+        await database.dispose()
+
+
+async def test_no_free_connection_in_time_raises_pool_timeout(database_url: str) -> None:
+    database = db.Database(make_settings(database_url, db_pool_size=1, db_pool_timeout=0.2))
+    try:
+        async with database.connect():
+            with pytest.raises(sa_exc.TimeoutError):
+                async with database.connect():
+                    pass
+        async with database.connect() as conn:  # the gate was not leaked by the timeout
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await database.dispose()
+
+
+async def test_a_full_pool_answers_503_then_recovers(
+    database_url: str, auth: Callable[..., dict[str, str]]
+) -> None:
+    app = create_app(make_settings(database_url, db_pool_size=1, db_pool_timeout=0.2))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            async with app.state.db.connect():
+                response = await http.get("/api/alice/tasks", headers=auth("alice"))
+            assert response.status_code == 503
+            assert response.json() == {
+                "detail": "The service is temporarily unavailable; try again shortly",
+                "code": "SERVICE_UNAVAILABLE",
+            }
+            assert response.headers["retry-after"] == "1"
+            response = await http.get("/api/alice/tasks", headers=auth("alice"))
+            assert response.status_code == 200
+    finally:
+        await app.state.db.dispose()
+
+
+def test_pool_size_defaults_per_database() -> None:
+    assert db.pool_size(make_settings("sqlite:///x.db")) == 3
+    assert db.pool_size(make_settings("postgresql://u@h/d")) == 10
+    assert db.pool_size(make_settings("postgresql://u@h/d", db_pool_size=4)) == 4
