@@ -3,9 +3,10 @@ UV_VERSION := 0.13.8
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
+INTEROP := interop/better-auth
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install run test lint format check bench
+.PHONY: install interop run test lint format bench
 .DEFAULT_GOAL := test
 
 $(UV):
@@ -17,6 +18,14 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 	touch $@
 
 install: $(VENV)/.synced
+
+# The real Better Auth server the interop tests run against (Node 20 + npm; npm's download
+# cache is kept in .cache/npm so that repeated runs do not download again).
+$(INTEROP)/node_modules/.installed: $(INTEROP)/package-lock.json
+	cd $(INTEROP) && npm ci --no-audit --no-fund --loglevel=error --cache "$(CURDIR)/.cache/npm"
+	touch $@
+
+interop: $(INTEROP)/node_modules/.installed
 
 run: install
 	$(VENV)/bin/taskapi serve
@@ -30,7 +39,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+test: lint interop
 	$(VENV)/bin/pytest
 
 bench: install

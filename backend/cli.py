@@ -44,6 +44,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> None:
+    if settings.hs256_secret is None:
+        sys.exit("taskapi: no BETTER_AUTH_SECRET is configured, so HS256 tokens are not accepted")
     now = int(time.time())
     claims: dict[str, object] = {"sub": args.sub, "iat": now, "exp": now + args.ttl}
     if settings.jwt_issuer:

@@ -2,6 +2,8 @@
 
 With nothing configured the service runs for development: a SQLite file and a random HS256
 secret, both kept in `DATA_DIR`, and a warning in the log that the secret is not for production.
+Tokens are verified by HS256 when BETTER_AUTH_SECRET is set, by the JWKS when BETTER_AUTH_URL
+(or JWT_JWKS_URL) is set, or both.
 """
 
 import logging
@@ -9,6 +11,7 @@ import os
 import secrets
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,9 +36,16 @@ class Settings(BaseSettings):
     better_auth_secret: SecretStr | None = Field(
         default=None, description="HS256 shared secret, at least 32 bytes"
     )
+    better_auth_url: str | None = Field(
+        default=None,
+        description="Better Auth's base URL: enables the JWKS at {origin}/api/auth/jwks and "
+        "makes the origin the expected iss and aud of asymmetric tokens",
+    )
+    jwt_jwks_url: str | None = Field(default=None, description="JWKS URL override")
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=60)
+    jwks_cache_seconds: float = Field(default=300.0, ge=0, le=86_400)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     data_dir: Path = Path("data")
     migrate_on_start: bool = True
@@ -54,6 +64,16 @@ class Settings(BaseSettings):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("better_auth_url", "jwt_jwks_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.strip()
+
     @field_validator("better_auth_secret")
     @classmethod
     def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -70,9 +90,25 @@ class Settings(BaseSettings):
         # completed here through object.__setattr__, before anyone else sees the instance.
         if self.database_url is None:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'tasks.db'}")
-        if self.better_auth_secret is None:
+        if self.better_auth_secret is None and self.jwks_url is None:
             object.__setattr__(self, "better_auth_secret", SecretStr(_dev_secret(self.data_dir)))
         return self
+
+    @property
+    def better_auth_origin(self) -> str | None:
+        """`https://auth.example.com` of BETTER_AUTH_URL: the `iss` and `aud` Better Auth's jwt
+        plugin puts in its tokens (the origin only: no path, no trailing slash)."""
+        if self.better_auth_url is None:
+            return None
+        parts = urlsplit(self.better_auth_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def jwks_url(self) -> str | None:
+        if self.jwt_jwks_url is not None:
+            return self.jwt_jwks_url
+        origin = self.better_auth_origin
+        return None if origin is None else f"{origin}/api/auth/jwks"
 
     @property
     def db_url(self) -> str:
@@ -80,9 +116,11 @@ class Settings(BaseSettings):
         return self.database_url
 
     @property
-    def hs256_secret(self) -> bytes:
-        assert self.better_auth_secret is not None  # filled in by _development_defaults
-        # The HMAC key is the UTF-8 bytes of the secret string, as Better Auth and jose use it.
+    def hs256_secret(self) -> bytes | None:
+        """The HMAC key: the UTF-8 bytes of the secret string, as Better Auth and jose use it
+        (never base64-decoded). None when only JWKS tokens are accepted."""
+        if self.better_auth_secret is None:
+            return None
         return self.better_auth_secret.get_secret_value().encode()
 
 

@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.migrate_on_start:
             await db.migrate(settings)
         yield
+        await app.state.verifier.aclose()
         await app.state.db.dispose()
 
     app = FastAPI(

@@ -143,6 +143,7 @@ def test_a_weak_dev_secret_file_is_never_used(
         settings = Settings(_env_file=None, data_dir=tmp_path)
     except ValidationError:
         return
+    assert settings.hs256_secret is not None
     assert len(settings.hs256_secret) >= 32
 
 
@@ -155,6 +156,7 @@ async def test_zero_config_service_answers(clean_env: None, tmp_path: Path) -> N
     settings = Settings(_env_file=None, data_dir=tmp_path)
     await db.migrate(settings)
     app = create_app(settings)
+    assert settings.hs256_secret is not None
     token = jwt.encode(
         {"sub": "dev", "exp": int(time.time()) + 60}, settings.hs256_secret, algorithm="HS256"
     )

@@ -11,8 +11,9 @@ Flow for every route under /api/{user_id}/…:
   2. `CurrentUser` hands the verified user id to the handler, and documents the bearer scheme
      in OpenAPI (the Authorize button of /docs).
 
-Tokens: HS256 signed with BETTER_AUTH_SECRET (its UTF-8 bytes), `exp` and `sub` required,
-`nbf` honoured, bounded leeway, `iss`/`aud` checked when configured. Tokens are never logged.
+Tokens (see TokenVerifier): HS256 signed with BETTER_AUTH_SECRET, or Better Auth's jwt-plugin
+tokens verified with its JWKS (middleware/jwks.py). `exp` and `sub` required, `nbf` honoured,
+bounded leeway, `iss`/`aud` checked when configured or known. Tokens are never logged.
 """
 
 from typing import Annotated, Any
@@ -23,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from backend.config import Settings
 from backend.errors import AuthRequired, Forbidden, TokenExpired, TokenInvalid
+from backend.middleware.jwks import ASYMMETRIC_ALGORITHMS, JwksCache
 from backend.models.task import USER_ID_MAX
 
 HS256 = "HS256"
@@ -41,24 +43,38 @@ bearer_scheme = HTTPBearer(
 
 
 class TokenVerifier:
-    def __init__(self, settings: Settings) -> None:
-        self._key = settings.hs256_secret
-        self._issuer = settings.jwt_issuer
-        self._audience = settings.jwt_audience
+    """Two verification paths, chosen by the token header's `alg`, each with its own allow-list:
+    HS256 with BETTER_AUTH_SECRET, or EdDSA/ES256/ES512/RS256/PS256 with the JWKS key named by
+    `kid`. Anything else — `none`, HS512, no `alg`, a path that is not configured — is refused.
+    Never mixing the two in one decode call is what makes algorithm confusion impossible."""
+
+    def __init__(self, settings: Settings, *, jwks_min_refetch_seconds: float = 3.0) -> None:
+        self._hs256_key = settings.hs256_secret
         self._leeway = settings.jwt_leeway_seconds
-        self._options: Any = {
-            "require": ["exp", "sub"],
-            # Tokens made with the shared secret often carry an `aud` nobody configured here;
-            # it is checked only when JWT_AUDIENCE says what it must be.
-            "verify_aud": self._audience is not None,
-        }
-        if self._issuer is not None:
-            self._options["require"].append("iss")
-        if self._audience is not None:
-            self._options["require"].append("aud")
+        self._jwks: JwksCache | None = None
+        if settings.jwks_url is not None:
+            self._jwks = JwksCache(
+                settings.jwks_url,
+                cache_seconds=settings.jwks_cache_seconds,
+                min_refetch_seconds=jwks_min_refetch_seconds,
+            )
+        # Shared-secret tokens usually carry no iss/aud: checked only when configured explicitly.
+        self._hs256_checks = _Checks(settings.jwt_issuer, settings.jwt_audience)
+        # Better Auth's jwt plugin sets both to the origin of BETTER_AUTH_URL.
+        origin = settings.better_auth_origin
+        self._jwks_checks = _Checks(settings.jwt_issuer or origin, settings.jwt_audience or origin)
+
+    @property
+    def jwks(self) -> JwksCache | None:
+        return self._jwks
+
+    async def aclose(self) -> None:
+        if self._jwks is not None:
+            await self._jwks.aclose()
 
     async def verify(self, token: str) -> str:
-        """Return the token's user id (`sub`) or raise TokenInvalid / TokenExpired."""
+        """Return the token's user id (`sub`), or raise TokenInvalid / TokenExpired (401), or
+        ServiceUnavailable (503) when the key can only be had from an unreachable JWKS."""
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenInvalid("The bearer token is too large")
         if token.count(".") != 2:
@@ -67,17 +83,28 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise TokenInvalid("The bearer token is malformed") from None
-        if header.get("alg") != HS256:
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise TokenInvalid("The token's signing algorithm is not accepted")
+        key: Any
+        if alg == HS256 and self._hs256_key is not None:
+            key, checks = self._hs256_key, self._hs256_checks
+        elif alg in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
+            kid = header.get("kid")
+            if not isinstance(kid, str) or not kid:
+                raise TokenInvalid("The token names no signing key (kid)")
+            key, checks = await self._jwks.key(kid, alg), self._jwks_checks
+        else:
             raise TokenInvalid("The token's signing algorithm is not accepted")
         try:
             claims = jwt.decode(
                 token,
-                self._key,
-                algorithms=[HS256],
-                options=self._options,
+                key,
+                algorithms=[alg],
+                options=checks.options,
                 leeway=self._leeway,
-                issuer=self._issuer,
-                audience=self._audience,
+                issuer=checks.issuer,
+                audience=checks.audience,
             )
         except jwt.ExpiredSignatureError:
             raise TokenExpired() from None
@@ -85,9 +112,25 @@ class TokenVerifier:
             raise TokenInvalid("The bearer token is not valid yet (nbf)") from None
         except jwt.InvalidSignatureError:
             raise TokenInvalid("The bearer token's signature does not verify") from None
+        except (jwt.InvalidIssuerError, jwt.InvalidAudienceError):
+            raise TokenInvalid("The token was issued by or for someone else (iss/aud)") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise TokenInvalid() from None
         return _subject(claims)
+
+
+class _Checks:
+    def __init__(self, issuer: str | None, audience: str | None) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        required = ["exp", "sub"]
+        if issuer is not None:
+            required.append("iss")
+        if audience is not None:
+            required.append("aud")
+        # An `aud` nobody configured here is not checked (PyJWT would refuse every token that
+        # carries one).
+        self.options: Any = {"require": required, "verify_aud": audience is not None}
 
 
 def _subject(claims: dict[str, Any]) -> str:

@@ -1,0 +1,633 @@
+"""Interop: the service accepts the tokens of a REAL Better Auth server (interop/better-auth).
+
+Each test talks to `node server.mjs` (better-auth 1.7, jwt + bearer plugins) over HTTP, the way a
+frontend would: sign up, fetch the JWT from /api/auth/token (or the set-auth-jwt header of
+/api/auth/get-session), and call the task API with it. The service runs in-process (ASGI) and
+fetches Better Auth's JWKS over real HTTP.
+
+One Better Auth server per algorithm serves the module (the main flow, on both databases, and
+the cheap checks, on a SQLite file of the module's own); the tests that need a server of their
+own (short-lived tokens, rotation, another instance, a server that stops) start it themselves.
+Without node or the installed node_modules (`make interop`) the module is skipped, or fails
+when CI is set.
+"""
+
+import asyncio
+import os
+import secrets
+import selectors
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from uuid import uuid4
+
+import httpx
+import jwt
+import pytest
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from backend import db
+from backend.main import create_app
+from tests.conftest import free_port, make_settings
+
+SERVER_DIR = Path(__file__).resolve().parent.parent / "interop" / "better-auth"
+ALGORITHMS = ("EdDSA", "ES256", "ES512", "RS256", "PS256")
+READY_TIMEOUT_SECONDS = 20.0
+PASSWORD = "correct-horse-battery-staple"
+# Variables of server.mjs that an outer environment must not leak into the servers started here.
+SERVER_ENV_VARS = (
+    "PORT",
+    "BETTER_AUTH_SECRET",
+    "BETTER_AUTH_URL",
+    "JWT_ALG",
+    "JWT_EXPIRES",
+    "ROTATION_INTERVAL",
+    "GRACE_PERIOD",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Better Auth server
+# ---------------------------------------------------------------------------------------------
+
+
+def _node() -> str:
+    """node's path; skips (or fails, under CI) when node or the server's modules are missing."""
+    node = shutil.which("node")
+    problem = None
+    if node is None:
+        problem = "node is not installed (the Better Auth interop server needs Node 20+)"
+    elif not (SERVER_DIR / "node_modules" / "better-auth").is_dir():
+        problem = f"{SERVER_DIR / 'node_modules'} is missing: run `make interop` first"
+    if problem is not None or node is None:
+        if os.environ.get("CI"):
+            pytest.fail(problem or "node is missing")
+        pytest.skip(problem or "node is missing")
+    return node
+
+
+@dataclass
+class BetterAuth:
+    """A running `node server.mjs`."""
+
+    origin: str
+    secret: str
+    alg: str
+    process: "subprocess.Popen[bytes]"
+    log: Path
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.origin}/api/auth/jwks"
+
+    def stop(self) -> None:
+        """Terminate, wait, kill if it must; safe to call more than once."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        if self.process.stdout is not None and not self.process.stdout.closed:
+            self.process.stdout.close()
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+
+def _wait_ready(server: BetterAuth, port: int) -> str | None:
+    """None once `READY <port>` is printed, else why it did not come (bounded)."""
+    stdout = server.process.stdout
+    assert stdout is not None
+    fd = stdout.fileno()
+    buffer = b""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while b"\n" not in buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return f"no READY line within {READY_TIMEOUT_SECONDS:.0f} s"
+            if not selector.select(remaining):
+                continue
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return f"the server exited (status {server.process.wait(timeout=5)})"
+            buffer += chunk
+    line = buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
+    return None if line == f"READY {port}" else f"unexpected first line {line!r}"
+
+
+@contextmanager
+def running_better_auth(
+    folder: Path, alg: str = "EdDSA", *, secret: str | None = None, **extra_env: str
+) -> Iterator[BetterAuth]:
+    """Start `node server.mjs` on a free port, wait for READY, stop it on the way out."""
+    node = _node()
+    secret = secret or secrets.token_urlsafe(36)  # 48 characters
+    base_env = {k: v for k, v in os.environ.items() if k not in SERVER_ENV_VARS}
+    failure = ""
+    for attempt in range(3):  # a free port can be taken by someone else before node binds it
+        port = free_port()
+        env = {
+            **base_env,
+            "PORT": str(port),
+            "BETTER_AUTH_SECRET": secret,
+            "JWT_ALG": alg,
+            **extra_env,
+        }
+        log = folder / f"better-auth-{alg}-{port}-{attempt}.log"
+        with log.open("wb") as stderr:
+            process = subprocess.Popen(
+                [node, "server.mjs"],
+                cwd=SERVER_DIR,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+            )
+        server = BetterAuth(
+            origin=f"http://127.0.0.1:{port}", secret=secret, alg=alg, process=process, log=log
+        )
+        try:
+            problem = _wait_ready(server, port)
+        except BaseException:
+            server.stop()
+            raise
+        if problem is None:
+            break
+        server.stop()
+        failure = f"Better Auth ({alg}) did not start: {problem}\n{server.log_text()}"
+        if "EADDRINUSE" not in failure:
+            pytest.fail(failure)
+    else:
+        pytest.fail(failure)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=ALGORITHMS)
+def better_auth(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BetterAuth]:
+    """One Better Auth server per algorithm for the module."""
+    alg: str = request.param
+    with running_better_auth(tmp_path_factory.mktemp(f"better-auth-{alg}"), alg) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated SQLite file for the tests that need not run on both databases."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('interop-db') / 'tasks.db'}"
+    asyncio.run(db.migrate(make_settings(url)))
+    return url
+
+
+# ---------------------------------------------------------------------------------------------
+# Talking to Better Auth
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Account:
+    user_id: str  # Better Auth's user id: the JWT's `sub`
+    email: str
+    session_token: str  # the set-auth-token header: an opaque, signed session token
+    body_token: str  # the `token` of the sign-up body: the bare session token
+
+
+@dataclass(frozen=True)
+class Rotation:
+    kid: str
+    retired: list[str]
+
+
+class BetterAuthApi:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def sign_up(self) -> Account:
+        email = f"interop-{uuid4().hex}@example.com"
+        response = await self.http.post(
+            "/api/auth/sign-up/email",
+            json={"email": email, "password": PASSWORD, "name": "Interop Tester"},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        user_id = body["user"]["id"]
+        assert isinstance(user_id, str)
+        assert user_id
+        session_token = response.headers.get("set-auth-token")
+        assert session_token, "no set-auth-token header: is the bearer plugin on?"
+        assert "better-auth.session_token=" in response.headers.get("set-cookie", "")
+        assert isinstance(body["token"], str)
+        return Account(
+            user_id=user_id,
+            email=email,
+            session_token=session_token,
+            body_token=body["token"],
+        )
+
+    def _bearer(self, account: Account) -> dict[str, str]:
+        return {"Authorization": f"Bearer {account.session_token}"}
+
+    async def jwt(self, account: Account) -> str:
+        """The JWT from GET /api/auth/token."""
+        response = await self.http.get("/api/auth/token", headers=self._bearer(account))
+        assert response.status_code == 200, response.text
+        token = response.json()["token"]
+        assert isinstance(token, str)
+        return token
+
+    async def session_jwt(self, account: Account) -> str:
+        """The JWT from the set-auth-jwt header of GET /api/auth/get-session."""
+        response = await self.http.get("/api/auth/get-session", headers=self._bearer(account))
+        assert response.status_code == 200, response.text
+        assert response.json()["user"]["id"] == account.user_id
+        token: str = response.headers.get("set-auth-jwt", "")
+        assert token, "get-session answered without a set-auth-jwt header"
+        return token
+
+    async def hs256(self, account: Account) -> str:
+        """The "hackathon" token: HS256 keyed with BETTER_AUTH_SECRET, no iss or aud."""
+        response = await self.http.get("/test/hs256-token", headers=self._bearer(account))
+        assert response.status_code == 200, response.text
+        token = response.json()["token"]
+        assert isinstance(token, str)
+        return token
+
+    async def rotate(self) -> Rotation:
+        response = await self.http.post("/test/rotate")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        return Rotation(kid=body["kid"], retired=list(body["retired"]))
+
+    async def jwks_kids(self) -> set[str]:
+        response = await self.http.get("/api/auth/jwks")
+        assert response.status_code == 200, response.text
+        return {key["kid"] for key in response.json()["keys"]}
+
+
+@asynccontextmanager
+async def better_auth_api(server: BetterAuth) -> AsyncIterator[BetterAuthApi]:
+    # No cookies are ever kept: every call authenticates with `Bearer <set-auth-token>`, and a
+    # POST that carried the session cookie would need an Origin header.
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    async with httpx.AsyncClient(
+        base_url=server.origin, timeout=10, trust_env=False, cookies=no_cookies
+    ) as http:
+        yield BetterAuthApi(http)
+
+
+def header(token: str) -> dict[str, Any]:
+    return jwt.get_unverified_header(token)
+
+
+def claims(token: str) -> dict[str, Any]:
+    payload: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------
+# The service under test
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    app: FastAPI
+    http: httpx.AsyncClient
+
+    async def list_tasks(self, user_id: str, token: str) -> httpx.Response:
+        return await self.http.get(f"/api/{quote(user_id, safe='')}/tasks", headers=bearer(token))
+
+    async def create_task(self, user_id: str, token: str, title: str) -> httpx.Response:
+        return await self.http.post(
+            f"/api/{quote(user_id, safe='')}/tasks", json={"title": title}, headers=bearer(token)
+        )
+
+    @property
+    def jwks_fetches(self) -> int:
+        jwks = self.app.state.verifier.jwks
+        return 0 if jwks is None else int(jwks.fetches)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@asynccontextmanager
+async def service(
+    database_url: str, server: BetterAuth | None = None, **overrides: Any
+) -> AsyncIterator[Service]:
+    """The app configured for `server` (its origin and secret), overridable, driven in-process."""
+    values: dict[str, Any] = {}
+    if server is not None:
+        values = {
+            "better_auth_url": server.origin,
+            "better_auth_secret": SecretStr(server.secret),
+        }
+    values.update(overrides)
+    app = create_app(make_settings(database_url, **values))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield Service(app=app, http=http)
+    finally:
+        await app.state.verifier.aclose()
+        await app.state.db.dispose()
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json()
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code, body
+    assert isinstance(body["detail"], str)
+    assert body["detail"].strip()
+    if status == 401:
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The main flow, for every algorithm, on both databases
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_better_auth_jwt_is_accepted_and_isolates_users(
+    better_auth: BetterAuth, database_url: str
+) -> None:
+    async with better_auth_api(better_auth) as api:
+        alice = await api.sign_up()
+        bob = await api.sign_up()
+        from_token_route = await api.jwt(alice)
+        from_session = await api.session_jwt(alice)
+        bobs_token = await api.jwt(bob)
+
+    for token in (from_token_route, from_session):
+        assert header(token)["alg"] == better_auth.alg
+        assert header(token)["kid"]
+        payload = claims(token)
+        assert payload["sub"] == alice.user_id
+        assert payload["iss"] == better_auth.origin
+        assert payload["aud"] == better_auth.origin
+    assert claims(bobs_token)["sub"] == bob.user_id
+
+    async with service(database_url, better_auth) as svc:
+        title = f"interop {better_auth.alg} {uuid4().hex[:8]}"
+        task = ok(await svc.create_task(alice.user_id, from_token_route, title), 201)
+        assert task["title"] == title
+        for token in (from_token_route, from_session):
+            listed = ok(await svc.list_tasks(alice.user_id, token))
+            assert [t["id"] for t in listed] == [task["id"]]
+
+        # Bob, under his own id: alice's task does not exist for him.
+        bob_task_url = f"/api/{quote(bob.user_id, safe='')}/tasks/{task['id']}"
+        assert ok(await svc.list_tasks(bob.user_id, bobs_token)) == []
+        for method, body in (("GET", None), ("PATCH", {"title": "stolen"}), ("DELETE", None)):
+            response = await svc.http.request(
+                method, bob_task_url, json=body, headers=bearer(bobs_token)
+            )
+            assert_error(response, 404, "TASK_NOT_FOUND")
+        # Bob, under alice's id: forbidden.
+        assert_error(await svc.list_tasks(alice.user_id, bobs_token), 403, "FORBIDDEN")
+        alice_task_url = f"/api/{quote(alice.user_id, safe='')}/tasks/{task['id']}"
+        response = await svc.http.get(alice_task_url, headers=bearer(bobs_token))
+        assert_error(response, 403, "FORBIDDEN")
+
+        # Alice's task came through untouched.
+        assert ok(await svc.http.get(alice_task_url, headers=bearer(from_session))) == task
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The hackathon HS256 token; 6. the opaque session token; 8. iss/aud
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_hs256_token_signed_with_the_shared_secret(
+    better_auth: BetterAuth, sqlite_url: str
+) -> None:
+    async with better_auth_api(better_auth) as api:
+        account = await api.sign_up()
+        token = await api.hs256(account)
+    assert header(token)["alg"] == "HS256"
+    payload = claims(token)
+    assert payload["sub"] == account.user_id
+    assert "iss" not in payload
+    assert "aud" not in payload
+
+    async with service(sqlite_url, better_auth) as svc:
+        task = ok(await svc.create_task(account.user_id, token, "hackathon"), 201)
+        assert [t["id"] for t in ok(await svc.list_tasks(account.user_id, token))] == [task["id"]]
+
+    # JWKS only (no BETTER_AUTH_SECRET): an HS256 token is refused, without a JWKS fetch.
+    async with service(
+        sqlite_url, better_auth_url=better_auth.origin, better_auth_secret=None
+    ) as svc:
+        assert svc.app.state.settings.hs256_secret is None
+        assert_error(await svc.list_tasks(account.user_id, token), 401, "TOKEN_INVALID")
+        assert svc.jwks_fetches == 0
+
+
+async def test_opaque_session_token_is_refused_with_a_hint(
+    better_auth: BetterAuth, sqlite_url: str
+) -> None:
+    async with better_auth_api(better_auth) as api:
+        account = await api.sign_up()
+    async with service(sqlite_url, better_auth) as svc:
+        for opaque in (account.session_token, account.body_token):
+            body = assert_error(await svc.list_tasks(account.user_id, opaque), 401, "TOKEN_INVALID")
+            assert "/api/auth/token" in body["detail"]
+
+
+async def test_issuer_and_audience_must_be_the_configured_origin(
+    better_auth: BetterAuth, sqlite_url: str
+) -> None:
+    async with better_auth_api(better_auth) as api:
+        account = await api.sign_up()
+        token = await api.jwt(account)
+
+    # The keys are right (the JWKS is this server's), the expected iss/aud is another origin.
+    elsewhere = f"http://127.0.0.1:{free_port()}"
+    async with service(
+        sqlite_url, better_auth, better_auth_url=elsewhere, jwt_jwks_url=better_auth.jwks_url
+    ) as svc:
+        body = assert_error(await svc.list_tasks(account.user_id, token), 401, "TOKEN_INVALID")
+        assert "iss/aud" in body["detail"]
+        assert svc.jwks_fetches == 1  # the signature was checked against the real key
+
+    # The right issuer but an audience of someone else's.
+    async with service(sqlite_url, better_auth, jwt_audience="https://api.example.com") as svc:
+        body = assert_error(await svc.list_tasks(account.user_id, token), 401, "TOKEN_INVALID")
+        assert "iss/aud" in body["detail"]
+
+    # Control: the same token and JWKS URL with the right origin is accepted.
+    async with service(sqlite_url, better_auth, jwt_jwks_url=better_auth.jwks_url) as svc:
+        assert ok(await svc.list_tasks(account.user_id, token)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Key rotation
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_rotated_key_is_picked_up_and_the_old_one_still_works(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    with running_better_auth(tmp_path, "RS256") as server:
+        async with better_auth_api(server) as api, service(sqlite_url, server) as svc:
+            account = await api.sign_up()
+            t1 = await api.jwt(account)
+            assert ok(await svc.list_tasks(account.user_id, t1)) == []  # caches the JWKS
+
+            rotation = await api.rotate()
+            assert rotation.retired == [header(t1)["kid"]]
+            assert await api.jwks_kids() == {header(t1)["kid"], rotation.kid}
+            t2 = await api.jwt(account)
+            assert header(t2)["kid"] == rotation.kid
+            assert header(t2)["alg"] == "RS256"
+
+            # The unknown kid makes the verifier refetch (throttled to one fetch per 5 s).
+            started = time.monotonic()
+            while True:
+                response = await svc.list_tasks(account.user_id, t2)
+                if response.status_code == 200 or time.monotonic() - started > 12:
+                    break
+                assert_error(response, 401, "TOKEN_INVALID")
+                await asyncio.sleep(0.25)
+            assert response.status_code == 200, response.text
+            assert time.monotonic() - started < 12
+            assert ok(await svc.create_task(account.user_id, t2, "after rotation"), 201)
+
+            # The retired key stays in the JWKS for the grace period: T1 still works.
+            assert [t["title"] for t in ok(await svc.list_tasks(account.user_id, t1))] == [
+                "after rotation"
+            ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Another Better Auth instance
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_token_from_another_better_auth_instance_is_refused(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    with running_better_auth(tmp_path, "EdDSA") as first:
+        # Same origin in its config (so iss and aud are identical), same secret, other keys.
+        with running_better_auth(
+            tmp_path, "EdDSA", secret=first.secret, BETTER_AUTH_URL=first.origin
+        ) as impostor:
+            async with better_auth_api(impostor) as api:
+                account = await api.sign_up()
+                impostor_token = await api.jwt(account)
+        assert claims(impostor_token)["iss"] == first.origin
+        assert claims(impostor_token)["aud"] == first.origin
+        # A third instance with its own origin.
+        with running_better_auth(tmp_path, "EdDSA") as other:
+            async with better_auth_api(other) as api:
+                other_account = await api.sign_up()
+                other_token = await api.jwt(other_account)
+        assert claims(other_token)["iss"] == other.origin
+
+        async with better_auth_api(first) as api:
+            genuine_account = await api.sign_up()
+            genuine = await api.jwt(genuine_account)
+
+        async with service(sqlite_url, first) as svc:
+            body = assert_error(
+                await svc.list_tasks(account.user_id, impostor_token), 401, "TOKEN_INVALID"
+            )
+            assert "key" in body["detail"]
+            assert svc.jwks_fetches == 1  # it did look in the first server's JWKS
+            assert_error(
+                await svc.list_tasks(other_account.user_id, other_token), 401, "TOKEN_INVALID"
+            )
+            # Control: the first server's own token is accepted by the same app.
+            assert ok(await svc.list_tasks(genuine_account.user_id, genuine)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Expiry
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_expired_better_auth_token(tmp_path: Path, sqlite_url: str) -> None:
+    with running_better_auth(tmp_path, "ES256", JWT_EXPIRES="2") as server:
+        async with better_auth_api(server) as api:
+            account = await api.sign_up()
+            token = await api.jwt(account)
+        payload = claims(token)
+        assert payload["exp"] - payload["iat"] == 2
+
+        async with service(sqlite_url, server, jwt_leeway_seconds=0) as svc:
+            assert ok(await svc.list_tasks(account.user_id, token)) == []
+            wait = payload["exp"] - time.time() + 0.3
+            assert wait < 5, "the token lives longer than JWT_EXPIRES said"
+            await asyncio.sleep(max(wait, 0))
+            response = await svc.list_tasks(account.user_id, token)
+            assert_error(response, 401, "TOKEN_EXPIRED")
+            assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Better Auth goes away
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_better_auth_down_cached_keys_work_unknown_keys_get_503(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    with running_better_auth(tmp_path, "ES512") as server:
+        async with better_auth_api(server) as api, service(sqlite_url, server) as svc:
+            account = await api.sign_up()
+            t1 = await api.jwt(account)
+            assert ok(await svc.list_tasks(account.user_id, t1)) == []  # caches the JWKS
+            await api.rotate()
+            t2 = await api.jwt(account)
+            assert header(t2)["kid"] != header(t1)["kid"]
+
+            server.stop()
+            stopped = time.monotonic()
+            assert server.process.returncode == 0, server.log_text()
+
+            assert ok(await svc.list_tasks(account.user_id, t1)) == []  # the cached key serves
+
+            statuses: list[int] = []
+            while True:
+                response = await svc.list_tasks(account.user_id, t2)
+                statuses.append(response.status_code)
+                assert response.status_code in (401, 503), response.text  # never a 500
+                if response.status_code == 503 or time.monotonic() - stopped > 8:
+                    break
+                assert_error(response, 401, "TOKEN_INVALID")  # only while the refetch waits
+                await asyncio.sleep(0.2)
+            elapsed = time.monotonic() - stopped
+            assert_error(response, 503, "SERVICE_UNAVAILABLE")
+            assert response.headers.get("retry-after"), response.headers
+            assert elapsed < 6, (elapsed, statuses)
+
+            # Still no 500, and the cached key still serves after the failed fetch.
+            assert ok(await svc.list_tasks(account.user_id, t1)) == []
+            assert (await svc.list_tasks(account.user_id, t2)).status_code in (401, 503)
