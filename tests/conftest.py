@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import text
 
@@ -225,16 +227,32 @@ def auth(token: Callable[..., str]) -> Callable[..., dict[str, str]]:
     return make
 
 
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The real app with these settings, driven through httpx; closed like its lifespan would."""
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield app, http
+    finally:
+        await app.state.verifier.aclose()
+        await app.state.db.dispose()
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_app(settings) as (_, http):
+        yield http
+
+
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The real ASGI app on an empty task table, through httpx."""
-    app = create_app(settings)
-    async with app.state.db.engine.connect() as conn:
-        await conn.execute(text("DELETE FROM task"))
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with running_app(settings) as (app, http):
+        async with app.state.db.engine.connect() as conn:
+            await conn.execute(text("DELETE FROM task"))
         yield http
-    await app.state.db.dispose()
 
 
 @dataclass

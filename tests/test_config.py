@@ -6,7 +6,6 @@ import stat
 import time
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -15,9 +14,8 @@ from sqlalchemy.engine import URL
 from backend import db
 from backend.cli import main as cli
 from backend.config import Settings
-from backend.main import create_app
 from backend.middleware.jwt_auth import TokenVerifier
-from tests.conftest import SECRET, make_settings
+from tests.conftest import SECRET, app_client, make_settings
 
 NEON = (
     "postgresql://u:p@ep-x-pooler.us-east-2.aws.neon.tech/neondb"
@@ -155,21 +153,16 @@ def test_explicit_settings_create_no_dev_secret(clean_env: None, tmp_path: Path)
 async def test_zero_config_service_answers(clean_env: None, tmp_path: Path) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path)
     await db.migrate(settings)
-    app = create_app(settings)
     assert settings.hs256_secret is not None
     token = jwt.encode(
         {"sub": "dev", "exp": int(time.time()) + 60}, settings.hs256_secret, algorithm="HS256"
     )
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            headers = {"Authorization": f"Bearer {token}"}
-            created = await http.post("/api/dev/tasks", json={"title": "t"}, headers=headers)
-            assert created.status_code == 201, created.text
-            listed = await http.get("/api/dev/tasks", headers=headers)
-            assert [t["title"] for t in listed.json()] == ["t"]
-    finally:
-        await app.state.db.dispose()
+    async with app_client(settings) as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        created = await http.post("/api/dev/tasks", json={"title": "t"}, headers=headers)
+        assert created.status_code == 201, created.text
+        listed = await http.get("/api/dev/tasks", headers=headers)
+        assert [t["title"] for t in listed.json()] == ["t"]
     assert (tmp_path / "tasks.db").is_file()
 
 
@@ -210,46 +203,36 @@ async def test_cors_preflight(
     clean_env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example/")
-    app = create_app(make_settings(f"sqlite:///{tmp_path / 'cors.db'}"))
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            for origin in ("https://a.example", "https://b.example"):
-                response = await http.options("/api/alice/tasks/1", headers=_preflight(origin))
-                assert response.status_code == 200, response.text
-                assert response.headers["access-control-allow-origin"] == origin
-                assert response.headers["access-control-allow-credentials"] == "true"
-                allowed_headers = _tokens(response.headers["access-control-allow-headers"])
-                assert {"authorization", "content-type"} <= allowed_headers
-                methods = _tokens(response.headers["access-control-allow-methods"])
-                assert {"get", "post", "put", "patch", "delete"} <= methods
-                assert "origin" in _tokens(response.headers["vary"])
-
-            for origin in ("https://evil.example", "https://a.example.evil.example", "null"):
-                response = await http.options("/api/alice/tasks/1", headers=_preflight(origin))
-                assert "access-control-allow-origin" not in response.headers
-
-            # A real request: even a 401 carries the CORS headers, so the browser can read it.
-            response = await http.get("/api/alice/tasks", headers={"Origin": ALLOWED})
-            assert response.status_code == 401, response.text
-            assert response.headers["access-control-allow-origin"] == ALLOWED
+    async with app_client(make_settings(f"sqlite:///{tmp_path / 'cors.db'}")) as http:
+        for origin in ("https://a.example", "https://b.example"):
+            response = await http.options("/api/alice/tasks/1", headers=_preflight(origin))
+            assert response.status_code == 200, response.text
+            assert response.headers["access-control-allow-origin"] == origin
             assert response.headers["access-control-allow-credentials"] == "true"
-            response = await http.get("/api/alice/tasks", headers={"Origin": "https://x.example"})
-            assert response.status_code == 401, response.text
+            allowed_headers = _tokens(response.headers["access-control-allow-headers"])
+            assert {"authorization", "content-type"} <= allowed_headers
+            methods = _tokens(response.headers["access-control-allow-methods"])
+            assert {"get", "post", "put", "patch", "delete"} <= methods
+            assert "origin" in _tokens(response.headers["vary"])
+
+        for origin in ("https://evil.example", "https://a.example.evil.example", "null"):
+            response = await http.options("/api/alice/tasks/1", headers=_preflight(origin))
             assert "access-control-allow-origin" not in response.headers
-    finally:
-        await app.state.db.dispose()
+
+        # A real request: even a 401 carries the CORS headers, so the browser can read it.
+        response = await http.get("/api/alice/tasks", headers={"Origin": ALLOWED})
+        assert response.status_code == 401, response.text
+        assert response.headers["access-control-allow-origin"] == ALLOWED
+        assert response.headers["access-control-allow-credentials"] == "true"
+        response = await http.get("/api/alice/tasks", headers={"Origin": "https://x.example"})
+        assert response.status_code == 401, response.text
+        assert "access-control-allow-origin" not in response.headers
 
 
 async def test_no_cors_without_origins(clean_env: None, tmp_path: Path) -> None:
-    app = create_app(make_settings(f"sqlite:///{tmp_path / 'cors.db'}"))
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            response = await http.options("/api/alice/tasks", headers=_preflight(ALLOWED))
-            assert "access-control-allow-origin" not in response.headers
-    finally:
-        await app.state.db.dispose()
+    async with app_client(make_settings(f"sqlite:///{tmp_path / 'cors.db'}")) as http:
+        response = await http.options("/api/alice/tasks", headers=_preflight(ALLOWED))
+        assert "access-control-allow-origin" not in response.headers
 
 
 # --- database URLs -------------------------------------------------------------------------------

@@ -3,14 +3,12 @@
 import asyncio
 from collections.abc import Callable
 
-import httpx
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from backend import db
-from backend.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running_app
 
 
 async def test_waiting_requests_get_connections_in_arrival_order(database_url: str) -> None:
@@ -53,22 +51,18 @@ async def test_no_free_connection_in_time_raises_pool_timeout(database_url: str)
 async def test_a_full_pool_answers_503_then_recovers(
     database_url: str, auth: Callable[..., dict[str, str]]
 ) -> None:
-    app = create_app(make_settings(database_url, db_pool_size=1, db_pool_timeout=0.2))
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            async with app.state.db.connect():
-                response = await http.get("/api/alice/tasks", headers=auth("alice"))
-            assert response.status_code == 503
-            assert response.json() == {
-                "detail": "The service is temporarily unavailable; try again shortly",
-                "code": "SERVICE_UNAVAILABLE",
-            }
-            assert response.headers["retry-after"] == "1"
+    settings = make_settings(database_url, db_pool_size=1, db_pool_timeout=0.2)
+    async with running_app(settings) as (app, http):
+        async with app.state.db.connect():
             response = await http.get("/api/alice/tasks", headers=auth("alice"))
-            assert response.status_code == 200
-    finally:
-        await app.state.db.dispose()
+        assert response.status_code == 503
+        assert response.json() == {
+            "detail": "The service is temporarily unavailable; try again shortly",
+            "code": "SERVICE_UNAVAILABLE",
+        }
+        assert response.headers["retry-after"] == "1"
+        response = await http.get("/api/alice/tasks", headers=auth("alice"))
+        assert response.status_code == 200
 
 
 def test_pool_size_defaults_per_database() -> None:

@@ -5,17 +5,15 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from backend.config import Settings
 from backend.main import create_app
 from backend.services import tasks as task_service
-from tests.conftest import free_port, make_settings
+from tests.conftest import app_client, free_port, make_settings
 
 Auth = Callable[..., dict[str, str]]
 LIST = "/api/alice/tasks"
@@ -39,17 +37,6 @@ def assert_error(
     if field is not None:
         assert body["field"] == field
     return body
-
-
-@asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await app.state.db.dispose()
 
 
 async def _create(client: httpx.AsyncClient, auth: Auth, title: str = "original") -> str:

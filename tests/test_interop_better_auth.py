@@ -35,8 +35,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from backend import db
-from backend.main import create_app
-from tests.conftest import free_port, make_settings
+from tests.conftest import free_port, make_settings, running_app
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "interop" / "better-auth"
 ALGORITHMS = ("EdDSA", "ES256", "ES512", "RS256", "PS256")
@@ -343,14 +342,8 @@ async def service(
             "better_auth_secret": SecretStr(server.secret),
         }
     values.update(overrides)
-    app = create_app(make_settings(database_url, **values))
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield Service(app=app, http=http)
-    finally:
-        await app.state.verifier.aclose()
-        await app.state.db.dispose()
+    async with running_app(make_settings(database_url, **values)) as (app, http):
+        yield Service(app=app, http=http)
 
 
 def ok(response: httpx.Response, status: int = 200) -> Any:

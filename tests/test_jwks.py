@@ -10,7 +10,6 @@ through the ASGI app and run on each database.
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -27,21 +26,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from fastapi import FastAPI
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 from jwt.warnings import InsecureKeyLengthWarning
 
 from backend.config import Settings
 from backend.errors import AppError, ServiceUnavailable, TokenExpired, TokenInvalid
-from backend.main import create_app
 from backend.middleware.jwks import JwksCache
 from backend.middleware.jwt_auth import TokenVerifier
-from tests.conftest import SECRET, make_settings
+from tests.conftest import SECRET, make_settings, running_app
 
 PrivateKey = (
     ed25519.Ed25519PrivateKey
@@ -1311,18 +1307,6 @@ async def test_claims_of_asymmetric_tokens(
 # --- end to end, through the ASGI app ----------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield app, http
-    finally:
-        await app.state.verifier.aclose()
-        await app.state.db.dispose()
-
-
 def _jwks_settings(database_url: str, server: JwksServer, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "better_auth_secret": None,
@@ -1343,7 +1327,7 @@ async def test_e2e_eddsa_token_creates_and_lists_tasks(
     jwks_server.publish(new_key("p256").jwk(), key.jwk())
     user = f"user-{uuid.uuid4().hex}"
     token = key.sign(claims(jwks_server.origin, user))
-    async with app_client(_jwks_settings(database_url, jwks_server)) as (_, http):
+    async with running_app(_jwks_settings(database_url, jwks_server)) as (_, http):
         created = await http.post(
             f"/api/{user}/tasks", json={"title": "signed"}, headers=bearer(token)
         )
@@ -1363,7 +1347,7 @@ async def test_e2e_unreachable_jwks_is_503(database_url: str, jwks_server: JwksS
     jwks_server.publish(key.jwk())
     jwks_server.stop()
     user = f"user-{uuid.uuid4().hex}"
-    async with app_client(_jwks_settings(database_url, jwks_server)) as (_, http):
+    async with running_app(_jwks_settings(database_url, jwks_server)) as (_, http):
         token = key.sign(claims(jwks_server.origin, user))
         started = time.monotonic()
         responses = await asyncio.gather(
@@ -1392,7 +1376,7 @@ async def test_e2e_refused_asymmetric_tokens_are_401(
         "expired": (key.sign(claims(origin, user, exp=now - 120)), "TOKEN_EXPIRED"),
         "hs256": (jwt.encode(claims(None, user), SECRET, algorithm="HS256"), "TOKEN_INVALID"),
     }
-    async with app_client(_jwks_settings(database_url, jwks_server)) as (_, http):
+    async with running_app(_jwks_settings(database_url, jwks_server)) as (_, http):
         outcomes = {}
         for name, (token, _) in cases.items():
             response = await http.get(f"/api/{user}/tasks", headers=bearer(token))
@@ -1412,6 +1396,6 @@ async def test_e2e_alg_that_is_not_a_string_is_401(
         claims(jwks_server.origin, user),
         signer("EdDSA", key.private),
     )
-    async with app_client(_jwks_settings(database_url, jwks_server)) as (_, http):
+    async with running_app(_jwks_settings(database_url, jwks_server)) as (_, http):
         response = await http.get(f"/api/{user}/tasks", headers=bearer(token))
     assert (response.status_code, response.json()["code"]) == (401, "TOKEN_INVALID")

@@ -11,8 +11,7 @@ import re
 import secrets
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -23,9 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.warnings import InsecureKeyLengthWarning
 
-from backend.config import Settings
-from backend.main import create_app
-from tests.conftest import SECRET, make_settings
+from tests.conftest import SECRET, app_client, make_settings
 
 Token = Callable[..., str]
 Auth = Callable[..., dict[str, str]]
@@ -124,17 +121,6 @@ def assert_refused(response: httpx.Response, code: str = "TOKEN_INVALID") -> dic
 
 def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
-
-
-@asynccontextmanager
-async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await app.state.db.dispose()
 
 
 # --- accepted tokens ---------------------------------------------------------------------------
