@@ -155,35 +155,28 @@ def make_engine(settings: Settings, *, for_requests: bool = True) -> AsyncEngine
     url = normalize_url(settings.db_url)
     kwargs: dict[str, Any] = {"hide_parameters": True}  # task text never reaches a log line
     if for_requests:
-        kwargs["isolation_level"] = "AUTOCOMMIT"
-        # Nothing is left open to roll back when a connection returns to the pool (a block
-        # that opens a transaction ends it itself), so skip the ROLLBACK round trip.
-        kwargs["pool_reset_on_return"] = None
+        kwargs.update(
+            isolation_level="AUTOCOMMIT",
+            # Nothing is left open to roll back when a connection returns to the pool (a block
+            # that opens a transaction ends it itself), so skip the ROLLBACK round trip.
+            pool_reset_on_return=None,
+            pool_size=pool_size(settings),
+            max_overflow=settings.db_max_overflow,
+            pool_timeout=settings.db_pool_timeout,
+        )
     else:
         kwargs["poolclass"] = NullPool
     if is_sqlite(url):
         database = url.database
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        if for_requests:
-            kwargs.update(
-                pool_size=pool_size(settings),
-                max_overflow=settings.db_max_overflow,
-                pool_timeout=settings.db_pool_timeout,
-            )
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    url, connect_args = _pg_connect_args(url, settings)
-    kwargs["connect_args"] = connect_args
+    url, kwargs["connect_args"] = _pg_connect_args(url, settings)
     if for_requests:
-        kwargs.update(
-            pool_size=pool_size(settings),
-            max_overflow=settings.db_max_overflow,
-            pool_timeout=settings.db_pool_timeout,
-            pool_recycle=PG_POOL_RECYCLE_SECONDS,
-        )
+        kwargs["pool_recycle"] = PG_POOL_RECYCLE_SECONDS
     return create_async_engine(url, **kwargs)
 
 
