@@ -1,5 +1,6 @@
-"""The task table."""
+"""The task table, and the limits of what its columns store."""
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,12 @@ SQLModel.metadata.naming_convention = {
 TITLE_MAX = 200
 DESCRIPTION_MAX = 1000
 USER_ID_MAX = 255
+
+# The one definition of a control character for the whole service: C0 (NUL included, which
+# PostgreSQL cannot store), DEL and C1 — Unicode's category Cc, exactly.
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+# The same, less tab, line feed and carriage return: what a multi-line text may hold.
+CONTROL_CHARACTER_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
