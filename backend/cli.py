@@ -13,7 +13,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from backend import db
-from backend.config import Settings
+from backend.config import Settings, with_development_secret
 
 _TTL = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(db.migrate(settings))
         print("taskapi: database is at the latest migration", file=sys.stderr)
     else:
-        _token(settings, args)
+        _token(with_development_secret(settings), args)
 
 
 if __name__ == "__main__":

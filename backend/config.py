@@ -2,6 +2,9 @@
 
 With nothing configured the service runs for development: a SQLite file and a random HS256
 secret, both kept in `DATA_DIR`, and a warning in the log that the secret is not for production.
+Making that secret is a step of starting the service (`with_development_secret`, called by
+`create_app` and the CLI's `token`), not a side effect of reading settings: validating settings
+writes no file and logs nothing.
 Tokens are verified by HS256 when BETTER_AUTH_SECRET is set, by the JWKS when BETTER_AUTH_URL
 (or JWT_JWKS_URL) is set, or both.
 """
@@ -64,6 +67,19 @@ class Settings(BaseSettings):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # A browser sends `Origin: http://localhost:3000`; "localhost:3000" or a URL with a path
+        # would be accepted here and then match nothing, which shows only as CORS failures.
+        for origin in value:
+            if origin != "*" and not _is_origin(origin):
+                raise ValueError(
+                    f"{origin[:100]!r} is not an origin: write scheme://host[:port], "
+                    "e.g. http://localhost:3000, with no path"
+                )
+        return value
+
     @field_validator("better_auth_url", "jwt_jwks_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -77,21 +93,22 @@ class Settings(BaseSettings):
     @field_validator("better_auth_secret")
     @classmethod
     def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if len(secret.encode()) < MIN_SECRET_BYTES or not secret.strip():
             raise ValueError(
-                f"BETTER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes "
+                f"BETTER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes and not blank "
                 "(generate one with: openssl rand -base64 32)"
             )
         return value
 
     @model_validator(mode="after")
-    def _development_defaults(self) -> "Settings":
-        # Zero-config local run: fill the gaps from the data folder. `frozen` models can still be
+    def _default_database(self) -> "Settings":
+        # Zero-config local run: a SQLite file in the data folder. `frozen` models can still be
         # completed here through object.__setattr__, before anyone else sees the instance.
         if self.database_url is None:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'tasks.db'}")
-        if self.better_auth_secret is None and self.jwks_url is None:
-            object.__setattr__(self, "better_auth_secret", SecretStr(_dev_secret(self.data_dir)))
         return self
 
     @property
@@ -122,6 +139,31 @@ class Settings(BaseSettings):
         if self.better_auth_secret is None:
             return None
         return self.better_auth_secret.get_secret_value().encode()
+
+
+def _is_origin(value: str) -> bool:
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not parts.path
+        and not parts.query
+        and not parts.fragment
+        and parts.username is None
+    )
+
+
+def with_development_secret(settings: Settings) -> Settings:
+    """The settings a zero-config run starts with: when no way to verify tokens is configured,
+    the development secret from the data folder (made on first use), with one warning."""
+    if settings.better_auth_secret is not None or settings.jwks_url is not None:
+        return settings
+    secret = SecretStr(_dev_secret(settings.data_dir))
+    return settings.model_copy(update={"better_auth_secret": secret})
 
 
 def _dev_secret(data_dir: Path) -> str:

@@ -1,7 +1,9 @@
 """The error family, and the one installer that turns every failure into the contract's body.
 
     AppError                       500 INTERNAL_ERROR
-    ├── MalformedJSON              400 MALFORMED_JSON
+    ├── BadRequest                 400 BAD_REQUEST
+    │   ├── MalformedJSON              MALFORMED_JSON
+    │   └── CorsRefused                CORS_REFUSED    (a preflight from a foreign origin)
     ├── AuthError                  401, with WWW-Authenticate: Bearer
     │   ├── AuthRequired               AUTH_REQUIRED   (no credentials sent)
     │   ├── TokenInvalid               TOKEN_INVALID   (sent but refused: error="invalid_token")
@@ -17,19 +19,26 @@
 
 Body: {"detail": str, "code": str, "field"?: str, "errors"?: [{"field", "message"}]}.
 Nothing else raises HTTPException; no response carries a traceback, SQL or a driver's message.
+An HTTPException that Starlette or FastAPI raise themselves keeps its status and headers and
+gets the code of its status. Unexpected failures are answered by `UnexpectedErrors`, a
+middleware inside CORS, so that even a 500 carries the CORS headers a browser needs to read it.
 """
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("backend.errors")
 
@@ -48,10 +57,20 @@ class AppError(Exception):
         return {}
 
 
-class MalformedJSON(AppError):
+class BadRequest(AppError):
     status_code = 400
+    code = "BAD_REQUEST"
+    default_detail = "Bad request"
+
+
+class MalformedJSON(BadRequest):
     code = "MALFORMED_JSON"
     default_detail = "The request body is not valid JSON"
+
+
+class CorsRefused(BadRequest):
+    code = "CORS_REFUSED"
+    default_detail = "This origin, method or header is not allowed (CORS_ORIGINS)"
 
 
 class AuthError(AppError):
@@ -139,11 +158,14 @@ def error_response(error: AppError, *, errors: Sequence[dict[str, str]] | None =
         body["field"] = error.field
     if errors:
         body["errors"] = list(errors)
+    return _render(body, error.status_code, error.headers())
+
+
+def _render(
+    body: dict[str, Any], status_code: int, headers: dict[str, str] | None = None
+) -> Response:
     return Response(
-        orjson.dumps(body),
-        status_code=error.status_code,
-        headers=error.headers(),
-        media_type="application/json",
+        orjson.dumps(body), status_code=status_code, headers=headers, media_type="application/json"
     )
 
 
@@ -188,8 +210,6 @@ def _flat_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    # Starlette names only the first route whose path matches; RFC 9110 wants every method
-    # the resource supports.
     methods: set[str] = set()
     for route in _flat_routes(request.app.router.routes):
         match, _ = route.matches(request.scope)
@@ -199,17 +219,48 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
 
 
+# The family member for each status an HTTPException of Starlette or FastAPI may carry.
+_BY_STATUS: dict[int, type[AppError]] = {
+    error.status_code: error
+    for error in (
+        BadRequest,
+        AuthRequired,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        ValidationFailed,
+        ServiceUnavailable,
+    )
+}
+
+
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    known = _BY_STATUS.get(exc.status_code)
     if exc.status_code == 404:
-        return error_response(NotFound())
-    if exc.status_code == 405:
+        # Starlette's detail is just "Not Found"; ours says what was not found.
+        response = error_response(NotFound())
+    elif exc.status_code == 405:
         response = error_response(MethodNotAllowed())
+    elif exc.status_code >= 500:
+        response = error_response(AppError())  # a 5xx detail may hold internals
+        response.status_code = exc.status_code
+    else:
+        detail = exc.detail if isinstance(exc.detail, str) and exc.detail else None
+        if known is not None:
+            response = error_response(known(detail))
+        else:  # any other status: its code is its reason phrase (409 → CONFLICT)
+            phrase = HTTPStatus(exc.status_code).phrase
+            code = phrase.upper().replace(" ", "_").replace("-", "_")
+            response = _render({"detail": detail or phrase, "code": code}, exc.status_code)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route whose path matched; RFC 9110 wants
+        # every method of the resource.
         response.headers["Allow"] = ", ".join(_allowed_methods(request))
-        return response
-    error = AppError("Bad request" if exc.status_code < 500 else None)
-    response = error_response(error)
-    response.status_code = exc.status_code
     return response
 
 
@@ -220,9 +271,50 @@ async def _on_unavailable(_: Request, exc: Exception) -> Response:
     return error_response(ServiceUnavailable())
 
 
-async def _on_unexpected(_: Request, exc: Exception) -> Response:
-    logger.error("unhandled error", exc_info=exc)
-    return error_response(AppError())
+class UnexpectedErrors:
+    """Answers an exception nobody handled with the contract's 500 body, and logs it once.
+
+    Starlette answers them in its outermost middleware, outside CORS, so a browser would see a
+    CORS failure instead of the error; this one sits inside CORS. A response that has already
+    started cannot be replaced: then the exception goes on to the server, which closes the
+    connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            logger.error("unhandled error", exc_info=exc)
+            if started:
+                raise
+            await error_response(AppError())(scope, receive, send)
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the contract's JSON body."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        refused = error_response(CorsRefused(bytes(response.body).decode()))
+        for name, value in response.headers.items():
+            if name not in ("content-type", "content-length"):
+                refused.headers[name] = value
+        return refused
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -237,4 +329,3 @@ def install_error_handlers(app: FastAPI) -> None:
         TimeoutError,
     ):
         app.add_exception_handler(unavailable, _on_unavailable)
-    app.add_exception_handler(Exception, _on_unexpected)

@@ -5,12 +5,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import db
-from backend.config import Settings
-from backend.errors import PayloadTooLarge, install_error_handlers
+from backend.config import Settings, with_development_secret
+from backend.errors import Cors, PayloadTooLarge, UnexpectedErrors, install_error_handlers
 from backend.middleware.jwt_auth import TokenVerifier
 from backend.routes import tasks
 
@@ -52,8 +51,28 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
+class NoTrailingSlash:
+    """Serves `/api/alice/tasks/` as `/api/alice/tasks`. Starlette would answer a redirect whose
+    Location it builds from the Host header (`Host: evil.example` → `http://evil.example/…`,
+    and `http://` behind TLS); a frontend that adds the slash simply gets its answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            raw: bytes = scope.get("raw_path") or path.encode()
+            scope = {
+                **scope,
+                "path": path[:-1],
+                "raw_path": raw[:-1] if raw.endswith(b"/") else raw,
+            }
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = with_development_secret(settings or Settings())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,16 +89,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Every route needs `Authorization: Bearer <JWT>` whose `sub` is the "
         "`{user_id}` of the path. Errors are `{detail, code, field}`.",
         lifespan=lifespan,
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.db = db.Database(settings)
     app.state.verifier = TokenVerifier(settings)
     install_error_handlers(app)
     app.include_router(tasks.router)
+    # Listed innermost first: CORS wraps everything the app answers, errors included.
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(UnexpectedErrors)
+    app.add_middleware(NoTrailingSlash)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            Cors,
             allow_origins=settings.cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],

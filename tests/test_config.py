@@ -2,7 +2,10 @@
 URLs are read as people write them, and the CLI mints tokens the service accepts."""
 
 import logging
+import os
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,9 +16,9 @@ from sqlalchemy.engine import URL
 
 from backend import db
 from backend.cli import main as cli
-from backend.config import Settings
+from backend.config import Settings, with_development_secret
 from backend.middleware.jwt_auth import TokenVerifier
-from tests.conftest import SECRET, app_client, make_settings
+from tests.conftest import SECRET, app_client, free_port, make_settings
 
 NEON = (
     "postgresql://u:p@ep-x-pooler.us-east-2.aws.neon.tech/neondb"
@@ -48,9 +51,12 @@ def _rendered(url: URL) -> str:
         pytest.param("", id="empty"),
         pytest.param("x" * 31, id="31-bytes"),
         pytest.param("é" * 15 + "x", id="16-chars-31-bytes"),
+        pytest.param(" " * 40, id="40-spaces"),
+        pytest.param("\t\n " * 20, id="white-space-only"),
+        pytest.param("\u3000" * 20, id="ideographic-spaces"),
     ],
 )
-def test_short_secret_is_refused(clean_env: None, secret: str) -> None:
+def test_short_or_blank_secret_is_refused(clean_env: None, secret: str) -> None:
     with pytest.raises(ValidationError) as caught:
         _settings(better_auth_secret=secret)
     assert [e["loc"] for e in caught.value.errors()] == [("better_auth_secret",)]
@@ -104,7 +110,7 @@ def test_zero_config_uses_the_data_folder(
 ) -> None:
     data_dir = tmp_path / sub_dir
     caplog.set_level(logging.WARNING, logger="backend.config")
-    settings = Settings(_env_file=None, data_dir=data_dir)
+    settings = with_development_secret(Settings(_env_file=None, data_dir=data_dir))
 
     assert settings.db_url == f"sqlite:///{data_dir / 'tasks.db'}"
     secret_file = data_dir / "dev-secret"
@@ -118,15 +124,15 @@ def test_zero_config_uses_the_data_folder(
     assert "development" in warnings[0].getMessage()
     assert secret not in caplog.text
 
-    again = Settings(_env_file=None, data_dir=data_dir)
+    again = with_development_secret(Settings(_env_file=None, data_dir=data_dir))
     assert again.better_auth_secret is not None
     assert again.better_auth_secret.get_secret_value() == secret
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
 
 
 def test_zero_config_secrets_differ_between_data_folders(clean_env: None, tmp_path: Path) -> None:
-    first = Settings(_env_file=None, data_dir=tmp_path / "one")
-    second = Settings(_env_file=None, data_dir=tmp_path / "two")
+    first = with_development_secret(Settings(_env_file=None, data_dir=tmp_path / "one"))
+    second = with_development_secret(Settings(_env_file=None, data_dir=tmp_path / "two"))
     assert first.hs256_secret != second.hs256_secret
 
 
@@ -137,21 +143,40 @@ def test_a_weak_dev_secret_file_is_never_used(
     # E.g. a crash between creating the file and writing it leaves it empty; an empty HMAC key
     # would let anyone sign tokens.
     (tmp_path / "dev-secret").write_text(content)
-    try:
-        settings = Settings(_env_file=None, data_dir=tmp_path)
-    except ValidationError:
-        return
+    settings = with_development_secret(Settings(_env_file=None, data_dir=tmp_path))
     assert settings.hs256_secret is not None
     assert len(settings.hs256_secret) >= 32
 
 
 def test_explicit_settings_create_no_dev_secret(clean_env: None, tmp_path: Path) -> None:
-    Settings(_env_file=None, data_dir=tmp_path, better_auth_secret=SecretStr(SECRET))
+    settings = Settings(_env_file=None, data_dir=tmp_path, better_auth_secret=SecretStr(SECRET))
+    assert with_development_secret(settings) is settings
     assert not (tmp_path / "dev-secret").exists()
 
 
-async def test_zero_config_service_answers(clean_env: None, tmp_path: Path) -> None:
+def test_reading_settings_writes_nothing_and_logs_nothing(
+    clean_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="backend")
     settings = Settings(_env_file=None, data_dir=tmp_path)
+    assert settings.better_auth_secret is None
+    assert list(tmp_path.iterdir()) == []
+    assert caplog.records == []
+
+
+async def test_a_start_warns_once_about_the_development_secret(
+    clean_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="backend")
+    async with app_client(Settings(_env_file=None, data_dir=tmp_path, migrate_on_start=False)):
+        pass
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert "development" in warnings[0]
+
+
+async def test_zero_config_service_answers(clean_env: None, tmp_path: Path) -> None:
+    settings = with_development_secret(Settings(_env_file=None, data_dir=tmp_path))
     await db.migrate(settings)
     assert settings.hs256_secret is not None
     token = jwt.encode(
@@ -185,6 +210,34 @@ def test_cors_origins_from_the_environment(
 
 def test_cors_origins_default_to_none(clean_env: None) -> None:
     assert _settings(better_auth_secret=SECRET).cors_origins == []
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "localhost:3000",
+        "app.example.com",
+        "http://localhost:3000/app",
+        "https://a.example/?x=1",
+        "ftp://files.example",
+        "http://user@a.example",
+        "http://a.example:99999",
+        "//a.example",
+    ],
+)
+def test_cors_origin_that_is_not_an_origin_is_refused(clean_env: None, origin: str) -> None:
+    # Accepted, it would match no browser's Origin header: the frontend sees only CORS failures.
+    with pytest.raises(ValidationError) as caught:
+        _settings(better_auth_secret=SECRET, cors_origins=f"https://ok.example,{origin}")
+    assert [e["loc"] for e in caught.value.errors()] == [("cors_origins",)]
+    assert "scheme://host[:port]" in caught.value.errors()[0]["msg"]
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://localhost:3000", "https://app.example.com", "http://127.0.0.1:5173", "*"]
+)
+def test_cors_origins_that_are_origins_are_accepted(clean_env: None, origin: str) -> None:
+    assert _settings(better_auth_secret=SECRET, cors_origins=origin).cors_origins == [origin]
 
 
 def _preflight(origin: str) -> dict[str, str]:
@@ -386,3 +439,46 @@ def test_cli_refuses_an_invalid_configuration(
     out, err = capsys.readouterr()
     assert out == ""
     assert weak not in err
+
+
+def test_cli_refuses_a_cors_origin_without_scheme(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", "localhost:3000")
+    with pytest.raises(SystemExit) as exited:
+        cli(["token", "--sub", "alice"])
+    message = exited.value.code
+    assert isinstance(message, str)
+    assert message.startswith("taskapi: invalid configuration: CORS_ORIGINS: ")
+    assert "'localhost:3000' is not an origin" in message
+
+
+def test_serve_warns_once_about_the_development_secret(clean_env: None, tmp_path: Path) -> None:
+    # `taskapi serve` reads settings, migrates, then uvicorn builds the app: one start, one
+    # warning (it used to be printed by each of the two).
+    port = free_port()
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "LOG_LEVEL": "INFO"}
+    env.pop("BETTER_AUTH_SECRET", None)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "taskapi"), "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stderr is not None
+        deadline = time.monotonic() + 60
+        for line in process.stderr:
+            lines.append(line)
+            if "Application startup complete" in line or time.monotonic() > deadline:
+                break
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if process.stderr is not None:
+            process.stderr.close()
+    assert any("Application startup complete" in line for line in lines), lines
+    assert sum("development secret" in line for line in lines) == 1, lines

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.main import create_app
 from backend.services import tasks as task_service
@@ -366,13 +367,13 @@ async def test_validation_error_lists_every_problem(client: httpx.AsyncClient, a
         assert problem["message"] != ""
 
 
-async def test_validation_error_for_every_missing_field(
+async def test_validation_error_for_every_missing_required_field(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
     task = await _create(client, auth)
     response = await client.put(task, json={}, headers=auth("alice"))
     body = assert_error(response, 422, "VALIDATION_ERROR", field="title")
-    assert [e["field"] for e in body["errors"]] == ["title", "description", "completed"]
+    assert [e["field"] for e in body["errors"]] == ["title"]  # PUT requires only the title
 
 
 async def test_validation_error_in_path_and_body(client: httpx.AsyncClient, auth: Auth) -> None:
@@ -380,7 +381,7 @@ async def test_validation_error_in_path_and_body(client: httpx.AsyncClient, auth
     body = assert_error(response, 422, "VALIDATION_ERROR", field="task_id")
     fields = [e["field"] for e in body["errors"]]
     assert fields[0] == "task_id"
-    assert sorted(fields) == ["completed", "description", "task_id", "title"]
+    assert sorted(fields) == ["task_id", "title"]
 
 
 @pytest.mark.parametrize(("path", "field"), [(f"{LIST}/abc", "task_id"), (f"{LIST}/0", "task_id")])
@@ -417,3 +418,131 @@ async def test_no_error_body_carries_a_traceback(client: httpx.AsyncClient, auth
         for leak in LEAKS:
             assert leak not in response.text, (method, path, response.text)
         assert {"detail", "code"} <= set(response.json())
+
+
+# --- HTTPExceptions that are not ours ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "headers", "code", "expected_detail"),
+    [
+        (400, "Bad thing", None, "BAD_REQUEST", "Bad thing"),
+        (409, None, {"X-Reason": "conflict"}, "CONFLICT", "Conflict"),
+        (429, None, {"Retry-After": "7"}, "TOO_MANY_REQUESTS", "Too Many Requests"),
+        (401, "Nope", {"WWW-Authenticate": "Basic"}, "AUTH_REQUIRED", "Nope"),
+        (413, None, None, "PAYLOAD_TOO_LARGE", "Request Entity Too Large"),
+        (503, "db: secret detail", {"Retry-After": "3"}, "INTERNAL_ERROR", "Internal server error"),
+    ],
+)
+async def test_http_exception_of_the_framework_keeps_status_headers_and_gets_its_code(
+    tmp_path: Path,
+    status: int,
+    detail: str | None,
+    headers: dict[str, str] | None,
+    code: str,
+    expected_detail: str,
+) -> None:
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'unused.db'}"))
+
+    async def refuse() -> None:
+        raise StarletteHTTPException(status, detail=detail, headers=headers)
+
+    app.add_api_route("/refuse", refuse)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await http.get("/refuse")
+    finally:
+        await app.state.db.dispose()
+    body = assert_error(response, status, code)
+    assert body["detail"] == expected_detail
+    for name, value in (headers or {}).items():
+        assert response.headers[name] == value
+
+
+# --- CORS on every error -------------------------------------------------------------------------
+
+ORIGIN = "https://app.example"
+
+
+async def test_every_error_carries_the_cors_headers_500_included(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, auth: Auth
+) -> None:
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'cors.db'}", cors_origins=ORIGIN))
+
+    async def boom() -> None:
+        raise RuntimeError(SECRET_MESSAGE)
+
+    app.add_api_route("/boom", boom)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    caplog.set_level(logging.ERROR)
+    cases: list[tuple[str, str, dict[str, Any], int]] = [
+        ("GET", "/boom", {}, 500),
+        ("GET", "/nope", {}, 404),
+        ("DELETE", LIST, {}, 405),
+        ("GET", LIST, {}, 401),
+        ("POST", LIST, {"content": b"x" * (MiB + 1), "headers": auth("alice")}, 413),
+        ("GET", f"{LIST}/abc", {"headers": auth("alice")}, 422),
+    ]
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            for method, path, kwargs, status in cases:
+                headers = {"Origin": ORIGIN, **kwargs.pop("headers", {})}
+                response = await http.request(method, path, headers=headers, **kwargs)
+                assert response.status_code == status, (path, response.text)
+                assert response.headers["content-type"] == "application/json"
+                assert response.headers["access-control-allow-origin"] == ORIGIN, path
+                assert response.headers["access-control-allow-credentials"] == "true", path
+    finally:
+        await app.state.db.dispose()
+    # Logged once, by us, not again by the server.
+    assert [r.name for r in caplog.records if r.exc_info] == ["backend.errors"]
+
+
+async def test_refused_preflight_is_a_json_error(tmp_path: Path) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'cors.db'}", cors_origins=ORIGIN)
+    async with app_client(settings) as http:
+        response = await http.options(
+            LIST,
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        body = assert_error(response, 400, "CORS_REFUSED")
+        assert body["detail"] == "Disallowed CORS origin"
+        assert "access-control-allow-origin" not in response.headers
+        response = await http.options(
+            LIST,
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "x-custom",
+            },
+        )
+        body = assert_error(response, 400, "CORS_REFUSED")
+        assert body["detail"] == "Disallowed CORS headers"
+
+
+# --- trailing slashes ----------------------------------------------------------------------------
+
+
+async def test_trailing_slash_is_served_without_a_redirect(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    # Starlette would redirect, with a Location built from the Host header.
+    headers = {**auth("alice"), "Host": "evil.example"}
+    created = await client.post(f"{LIST}/", json={"title": "slash"}, headers=headers)
+    assert created.status_code == 201, created.text
+    task = created.json()
+    assert created.headers["location"] == f"{LIST}/{task['id']}"
+    for method, path in (
+        ("GET", f"{LIST}/"),
+        ("GET", f"{LIST}/{task['id']}/"),
+        ("PATCH", f"{LIST}/{task['id']}/complete/"),
+        ("DELETE", f"{LIST}/{task['id']}/"),
+    ):
+        response = await client.request(method, path, headers=headers)
+        assert response.status_code == 200, (method, path, response.text)
+        assert "location" not in response.headers
+    response = await client.get(f"{LIST}/", headers=headers)
+    assert response.json() == []
+    assert_error(await client.get("/api/alice/", headers=headers), 404, "NOT_FOUND")
+    assert_error(await client.get(f"{LIST}//", headers=headers), 404, "NOT_FOUND")

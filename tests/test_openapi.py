@@ -41,3 +41,39 @@ async def test_docs_page_is_served(client: httpx.AsyncClient) -> None:
     response = await client.get("/docs")
     assert response.status_code == 200
     assert "swagger-ui" in response.text
+
+
+async def test_openapi_states_the_limits_and_refuses_no_advertised_value(
+    client: httpx.AsyncClient,
+) -> None:
+    # Schemathesis found these: schema-valid bodies that the service refuses.
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    title = {"type": "string", "minLength": 1, "maxLength": 200}
+    for name in ("TaskCreate", "TaskReplace", "TaskUpdate"):
+        properties = schemas[name]["properties"]
+        assert title.items() <= properties["title"].items(), name
+        description = properties["description"]["anyOf"]
+        assert {"type": "string", "maxLength": 1000} in description, name
+        assert {"type": "null"} in description, name  # null clears it
+        assert properties["completed"]["type"] == "boolean", name  # never null
+        assert "anyOf" not in properties["completed"], name
+    assert schemas["TaskCreate"]["required"] == ["title"]
+    assert schemas["TaskReplace"]["required"] == ["title"]  # PUT: only the title is required
+    assert "required" not in schemas["TaskUpdate"]
+    assert schemas["CompleteBody"]["properties"]["completed"] == {
+        "title": "Completed",
+        "type": "boolean",
+    }
+
+
+async def test_openapi_task_id_is_a_positive_64_bit_integer(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    parameters = spec["paths"]["/api/{user_id}/tasks/{task_id}"]["get"]["parameters"]
+    (task_id,) = [p for p in parameters if p["name"] == "task_id"]
+    assert task_id["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2**63 - 1,
+        "description": "The task's id",
+        "title": "Task Id",
+    }

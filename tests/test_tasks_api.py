@@ -4,12 +4,12 @@ then input hardening (limits, control characters, strict types, task ids, Unicod
 import asyncio
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from backend import db
 from backend.config import Settings
@@ -137,6 +137,30 @@ async def test_list_orders_by_created_at_then_id_descending(
         "2026-01-01T12:00:00Z",
         "2026-01-01T12:00:00Z",
     ]
+
+
+async def test_list_without_limit_returns_at_most_500_newest_first(
+    client: httpx.AsyncClient, auth: Auth, settings: Settings
+) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        {
+            "user_id": "alice",
+            "title": f"task {n}",
+            "completed": False,
+            "created_at": start + timedelta(seconds=n),
+            "updated_at": start + timedelta(seconds=n),
+        }
+        for n in range(501)
+    ]
+    engine = db.make_engine(settings, for_requests=False)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(task_table), rows)
+    finally:
+        await engine.dispose()
+    listed = await list_all(client, auth)
+    assert [task["title"] for task in listed] == [f"task {n}" for n in range(500, 0, -1)]
 
 
 async def test_list_limit(client: httpx.AsyncClient, auth: Auth) -> None:
@@ -309,26 +333,90 @@ async def test_put_description_may_be_null(client: httpx.AsyncClient, auth: Auth
     assert await fetch(client, auth, created["id"]) == task
 
 
-@pytest.mark.parametrize("missing", ["title", "description", "completed"])
-async def test_put_missing_field_is_422(
-    client: httpx.AsyncClient, auth: Auth, missing: str
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({}, id="empty"),
+        pytest.param({"status": "IN_PROGRESS"}, id="only-a-field-this-api-does-not-have"),
+        pytest.param({"description": "new", "completed": True}, id="no-title"),
+        pytest.param({"title": None, "completed": True}, id="null-title"),
+    ],
+)
+async def test_put_without_title_is_422_and_changes_nothing(
+    client: httpx.AsyncClient, auth: Auth, body: dict[str, Any]
 ) -> None:
     created = await create(client, auth, {"title": "t", "description": "d"})
-    body: dict[str, Any] = {"title": "new", "description": None, "completed": True}
-    del body[missing]
     response = await client.put(
         f"/api/alice/tasks/{created['id']}", json=body, headers=auth("alice")
     )
-    assert_validation(response, missing)
+    assert_validation(response, "title")
     assert await fetch(client, auth, created["id"]) == created
 
 
-async def test_put_empty_object_names_every_missing_field(
+# What frontends written for the original spec send as their "update" (seen in real client code).
+PUT_BODIES_OF_REAL_CLIENTS = [
+    pytest.param({"title": "new"}, {}, id="title-only"),
+    pytest.param({"title": "new", "description": "nd"}, {"description": "nd"}, id="title-desc"),
+    pytest.param({"title": "new", "completed": True}, {"completed": True}, id="title-completed"),
+    pytest.param(
+        {
+            "title": "new",
+            "description": "nd",
+            "due_date": "2026-12-01",
+            "priority": "high",
+            "status": "IN_PROGRESS",
+        },
+        {"description": "nd"},
+        id="title-desc-and-fields-this-api-does-not-have",
+    ),
+    pytest.param(
+        {"title": "new", "description": "nd", "due_date": None},
+        {"description": "nd"},
+        id="title-desc-due-date",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "changed"), PUT_BODIES_OF_REAL_CLIENTS)
+async def test_put_keeps_every_field_left_out(
+    client: httpx.AsyncClient, auth: Auth, body: dict[str, Any], changed: dict[str, Any]
+) -> None:
+    created = await create(client, auth, {"title": "t", "description": "d", "completed": True})
+    created = assert_json(
+        await client.patch(
+            f"/api/alice/tasks/{created['id']}", json={"completed": False}, headers=auth("alice")
+        )
+    )
+    await asyncio.sleep(TICK)
+    response = await client.put(
+        f"/api/alice/tasks/{created['id']}", json=body, headers=auth("alice")
+    )
+    task = assert_json(response)
+    assert task == {**created, "title": "new", **changed, "updated_at": task["updated_at"]}
+    assert parse_time(task["updated_at"]) > parse_time(created["updated_at"])
+    assert await fetch(client, auth, created["id"]) == task
+
+
+async def test_put_of_a_form_that_drops_an_empty_description(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
+    # `description: value.trim() || undefined`: JSON drops the field for a task that has none.
     created = await create(client, auth, {"title": "t"})
-    response = await client.put(f"/api/alice/tasks/{created['id']}", json={}, headers=auth("alice"))
-    assert_validation(response, "title", fields=["title", "description", "completed"])
+    response = await client.put(
+        f"/api/alice/tasks/{created['id']}", json={"title": "edited"}, headers=auth("alice")
+    )
+    task = assert_json(response)
+    assert task == {**created, "title": "edited", "updated_at": task["updated_at"]}
+
+
+async def test_put_null_completed_is_422(client: httpx.AsyncClient, auth: Auth) -> None:
+    created = await create(client, auth, {"title": "t", "completed": True})
+    response = await client.put(
+        f"/api/alice/tasks/{created['id']}",
+        json={"title": "t2", "completed": None},
+        headers=auth("alice"),
+    )
+    assert_validation(response, "completed")
     assert await fetch(client, auth, created["id"]) == created
 
 
@@ -545,7 +633,7 @@ async def test_complete_sets_idempotently(
     assert await fetch(client, auth, created["id"]) == first
 
 
-@pytest.mark.parametrize("value", ["yes", "true", 1, 0, [True], {"v": True}])
+@pytest.mark.parametrize("value", ["yes", "true", 1, 0, [True], {"v": True}, None])
 async def test_complete_wrong_type_is_422(
     client: httpx.AsyncClient, auth: Auth, value: Any
 ) -> None:
@@ -609,7 +697,22 @@ async def test_title_of_201_characters_is_422(
     await _assert_refused(client, auth, method, {"title": "x" * 201}, "title")
 
 
-@pytest.mark.parametrize("title", ["", " ", "   ", "\t", "\n", " \r\n\t "])
+@pytest.mark.parametrize(
+    "title",
+    [
+        "",
+        " ",
+        "   ",
+        "\t",
+        "\n",
+        " \r\n\t ",
+        "\u200b",  # zero-width space
+        "\ufeff",  # BOM / zero-width no-break space
+        "\u2060\u200d",  # word joiner, zero-width joiner
+        " \u00a0\u3000\u2028 ",  # no-break, ideographic, line separator
+    ],
+    ids=repr,
+)
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH"])
 async def test_blank_title_is_422(
     client: httpx.AsyncClient, auth: Auth, method: str, title: str
@@ -659,8 +762,12 @@ async def _assert_refused(
 
 # --- input hardening: control characters and surrogates -----------------------------------
 
+# C0, DEL and C1: the same definition for every text the service stores (and the token's sub).
+DEL_AND_C1 = ["\x7f", "\x80", "\x85", "\x9b", "\x9f"]
 C0_IN_TITLE = ["\x00", "\x01", "\x07", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\t", "\n", "\r"]
+C0_IN_TITLE += DEL_AND_C1
 C0_IN_DESCRIPTION = ["\x00", "\x01", "\x07", "\x08", "\x0b", "\x0c", "\x1b", "\x1f"]
+C0_IN_DESCRIPTION += DEL_AND_C1
 
 
 @pytest.mark.parametrize("char", C0_IN_TITLE, ids=[f"U+{ord(c):04X}" for c in C0_IN_TITLE])
@@ -808,7 +915,25 @@ TASK_ROUTES = [
 
 
 @pytest.mark.parametrize(
-    "task_id", ["abc", "1.5", "1e3", "0", "-1", "-9223372036854775808", str(2**63), str(10**30)]
+    "task_id",
+    [
+        "abc",
+        "1.5",
+        "1e3",
+        "0",
+        "-1",
+        "-9223372036854775808",
+        str(2**63),
+        str(10**30),
+        # pydantic's lenient int would read each of these as task 1:
+        "1.0",
+        "+1",
+        "%201",
+        "1%20",
+        "1_0",
+        "\uff11",  # fullwidth digit one
+        "\u00b9",  # superscript one
+    ],
 )
 @pytest.mark.parametrize(("method", "suffix", "body"), TASK_ROUTES)
 async def test_invalid_task_id_is_422(
@@ -858,7 +983,7 @@ ROUND_TRIP = [
     pytest.param("日本語 中文 한국어 ελληνικά кириллица", id="scripts"),
     pytest.param("\u00a0nbsp\u2003em-space\u200bzero-width\ufeffbom", id="unicode-spaces"),
     pytest.param("\U0001d54f\U0001d550\U0001d551 \U00010348 astral", id="astral"),
-    pytest.param("\x7f\u0080\u009f del and C1", id="del-and-c1"),
+    pytest.param("\u00a0\u00ad\u00a0 after C1: no-break space, soft hyphen", id="after-c1"),
 ]
 
 

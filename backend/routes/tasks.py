@@ -11,6 +11,7 @@ from urllib.parse import quote
 import orjson
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.routing import APIRoute
+from pydantic import MISSING, BeforeValidator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.errors import MalformedJSON, UnsupportedMediaType
@@ -20,6 +21,9 @@ from backend.schemas.task import CompleteBody, TaskCreate, TaskRead, TaskReplace
 from backend.services import tasks
 
 MAX_TASK_ID = 2**63 - 1  # BIGINT; larger ids cannot exist, and would overflow the driver
+# A list is always bounded: without `limit`, a client written for the plain list still sees
+# every task a normal user has, and nobody can ask for a 58 MB response.
+MAX_LIST_LIMIT = 500
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -60,8 +64,20 @@ async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
+def _digits_only(value: object) -> object:
+    # pydantic's int parsing is lenient ("1.0", "+1", " 1" are all 1): an id in a URL is plain
+    # decimal digits, so that one task has one URL.
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a positive integer")
+    return value
+
+
 Conn = Annotated[AsyncConnection, Depends(_connection)]
-TaskId = Annotated[int, Path(ge=1, le=MAX_TASK_ID, description="The task's id")]
+TaskIdPath = Annotated[
+    int,
+    Path(ge=1, le=MAX_TASK_ID, description="The task's id"),
+    BeforeValidator(_digits_only),
+]
 
 
 Responses = dict[int | str, dict[str, Any]]
@@ -106,13 +122,15 @@ def _render(
 @router.get(
     "/{user_id}/tasks",
     summary="List the user's tasks",
-    description="Newest first (`created_at`, then `id`, descending).",
+    description="Newest first (`created_at`, then `id`, descending), at most `limit` of them.",
     response_model=list[TaskRead],
 )
 async def list_tasks(
     user_id: CurrentUser,
     conn: Conn,
-    limit: Annotated[int | None, Query(ge=1, le=500, description="At most this many tasks")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description="At most this many")] = (
+        MAX_LIST_LIMIT
+    ),
 ) -> Response:
     return _render(await tasks.list_tasks(conn, user_id=user_id, limit=limit))
 
@@ -136,20 +154,21 @@ async def create_task(user_id: CurrentUser, conn: Conn, data: TaskCreate) -> Res
     response_model=TaskRead,
     responses=_NOT_FOUND,
 )
-async def get_task(user_id: CurrentUser, conn: Conn, task_id: TaskId) -> Response:
+async def get_task(user_id: CurrentUser, conn: Conn, task_id: TaskIdPath) -> Response:
     return _render(await tasks.get_task(conn, user_id=user_id, task_id=task_id))
 
 
 @router.put(
     "/{user_id}/tasks/{task_id}",
-    summary="Replace a task",
-    description="Every writable field is required (`description` may be null); use PATCH to "
-    "change some fields. Read-only fields sent back (`id`, timestamps…) are ignored.",
+    summary="Update a task",
+    description="`title` is required; every other field changes only if it is sent "
+    '(`"description": null` clears it) and keeps its value if left out. Read-only fields sent '
+    "back (`id`, timestamps…) are ignored.",
     response_model=TaskRead,
     responses={**_NOT_FOUND, **_BODY_ERRORS},
 )
 async def replace_task(
-    user_id: CurrentUser, conn: Conn, task_id: TaskId, data: TaskReplace
+    user_id: CurrentUser, conn: Conn, task_id: TaskIdPath, data: TaskReplace
 ) -> Response:
     return _render(await tasks.update_task(conn, user_id=user_id, task_id=task_id, data=data))
 
@@ -162,7 +181,7 @@ async def replace_task(
     responses={**_NOT_FOUND, **_BODY_ERRORS},
 )
 async def update_task(
-    user_id: CurrentUser, conn: Conn, task_id: TaskId, data: TaskUpdate
+    user_id: CurrentUser, conn: Conn, task_id: TaskIdPath, data: TaskUpdate
 ) -> Response:
     return _render(await tasks.update_task(conn, user_id=user_id, task_id=task_id, data=data))
 
@@ -170,17 +189,18 @@ async def update_task(
 @router.patch(
     "/{user_id}/tasks/{task_id}/complete",
     summary="Toggle or set completion",
-    description='No body or `{}`: toggles `completed`. `{"completed": true|false}`: sets it.',
+    description='No body or `{}`: toggles `completed`. `{"completed": true|false}`: sets it. '
+    '`{"completed": null}` is refused.',
     response_model=TaskRead,
     responses={**_NOT_FOUND, **_BODY_ERRORS},
 )
 async def complete_task(
     user_id: CurrentUser,
     conn: Conn,
-    task_id: TaskId,
+    task_id: TaskIdPath,
     data: Annotated[CompleteBody | None, Body()] = None,
 ) -> Response:
-    completed = data.completed if data is not None else None
+    completed = None if data is None or data.completed is MISSING else data.completed
     return _render(
         await tasks.set_completed(conn, user_id=user_id, task_id=task_id, completed=completed)
     )
@@ -193,5 +213,5 @@ async def complete_task(
     response_model=TaskRead,
     responses=_NOT_FOUND,
 )
-async def delete_task(user_id: CurrentUser, conn: Conn, task_id: TaskId) -> Response:
+async def delete_task(user_id: CurrentUser, conn: Conn, task_id: TaskIdPath) -> Response:
     return _render(await tasks.delete_task(conn, user_id=user_id, task_id=task_id))

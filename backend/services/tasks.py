@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.errors import TaskNotFound
 from backend.models.task import Task, UTCDateTime
-from backend.schemas.task import TaskCreate, TaskReplace, TaskUpdate
+from backend.schemas.task import TaskCreate, TaskRead, TaskReplace, TaskUpdate
 
 
 class TaskRow(TypedDict):
@@ -29,18 +29,20 @@ class TaskRow(TypedDict):
 
 task_table = cast(Table, Task.__table__)  # type: ignore[attr-defined]
 _t = task_table.c
+# What a client sees, named once: the fields of the response schema. Every statement selects or
+# returns exactly these columns, so a column added for internal use never reaches a response.
+PUBLIC_COLUMNS = tuple(_t[name] for name in TaskRead.model_fields)
 # Named apart from the columns: UPDATE reserves the column names for its SET values.
 _owned = (_t.id == bindparam("key_id")) & (_t.user_id == bindparam("key_user"))
 
-_LIST = select(task_table).where(_t.user_id == bindparam("user_id"))
-_LIST = _LIST.order_by(_t.created_at.desc(), _t.id.desc())
-_LIST_LIMITED = _LIST.limit(bindparam("limit"))
-_GET = select(task_table).where(_owned)
-_CREATE = insert(task_table).returning(*_t)
+_LIST = select(*PUBLIC_COLUMNS).where(_t.user_id == bindparam("user_id"))
+_LIST = _LIST.order_by(_t.created_at.desc(), _t.id.desc()).limit(bindparam("limit"))
+_GET = select(*PUBLIC_COLUMNS).where(_owned)
+_CREATE = insert(task_table).returning(*PUBLIC_COLUMNS)
 _NOW = bindparam("now", type_=UTCDateTime())
 _TOGGLE = update(task_table).where(_owned).values(completed=~_t.completed, updated_at=_NOW)
-_TOGGLE = _TOGGLE.returning(*_t)
-_DELETE = delete(task_table).where(_owned).returning(*_t)
+_TOGGLE = _TOGGLE.returning(*PUBLIC_COLUMNS)
+_DELETE = delete(task_table).where(_owned).returning(*PUBLIC_COLUMNS)
 
 
 def _key(user_id: str, task_id: int) -> dict[str, Any]:
@@ -57,13 +59,8 @@ def _one(row: Any) -> TaskRow:
     return cast(TaskRow, dict(row))
 
 
-async def list_tasks(
-    conn: AsyncConnection, *, user_id: str, limit: int | None = None
-) -> list[TaskRow]:
-    params: dict[str, Any] = {"user_id": user_id}
-    if limit is not None:
-        params["limit"] = limit
-    result = await conn.execute(_LIST if limit is None else _LIST_LIMITED, params)
+async def list_tasks(conn: AsyncConnection, *, user_id: str, limit: int) -> list[TaskRow]:
+    result = await conn.execute(_LIST, {"user_id": user_id, "limit": limit})
     return [cast(TaskRow, dict(row)) for row in result.mappings()]
 
 
@@ -88,15 +85,15 @@ def _update_statement(fields: tuple[str, ...]) -> Update:
         update(task_table)
         .where(_owned)
         .values({**new, "updated_at": case((changed, _NOW), else_=_t.updated_at)})
-        .returning(*_t)
+        .returning(*PUBLIC_COLUMNS)
     )
 
 
 async def update_task(
     conn: AsyncConnection, *, user_id: str, task_id: int, data: TaskUpdate | TaskReplace
 ) -> TaskRow:
-    """Apply the fields that were sent; `{}` changes nothing."""
-    changes = data.model_dump(exclude_unset=True)
+    """Apply the fields that were sent; the others keep their values, and `{}` changes nothing."""
+    changes = data.model_dump()  # fields left out are MISSING, which model_dump drops
     if not changes:
         return await get_task(conn, user_id=user_id, task_id=task_id)
     params = {f"new_{name}": value for name, value in changes.items()}
