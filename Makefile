@@ -27,8 +27,12 @@ $(INTEROP)/node_modules/.installed: $(INTEROP)/package-lock.json
 
 interop: $(INTEROP)/node_modules/.installed
 
+# make run HOST=0.0.0.0 PORT=8100
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
 run: install
-	$(VENV)/bin/taskapi serve
+	$(VENV)/bin/taskapi serve --host $(HOST) --port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff format --check .

@@ -13,7 +13,8 @@ from sqlalchemy import insert, update
 
 from backend import db
 from backend.config import Settings
-from backend.services.tasks import task_table
+from backend.schemas.task import TaskRead
+from backend.services.tasks import PUBLIC_COLUMNS, TaskRow, task_table
 
 Auth = Callable[..., dict[str, str]]
 Task = dict[str, Any]
@@ -1026,3 +1027,11 @@ async def test_description_of_1000_emoji_round_trips(client: httpx.AsyncClient, 
     task = await create(client, auth, {"title": "t", "description": description})
     assert task["description"] == description
     assert await fetch(client, auth, task["id"]) == task
+
+
+def test_the_public_fields_are_named_in_one_place() -> None:
+    # Every statement returns PUBLIC_COLUMNS, which are the response schema's fields: a column
+    # added to the table for internal use cannot reach a response unless TaskRead names it.
+    assert [column.name for column in PUBLIC_COLUMNS] == list(TaskRead.model_fields)
+    assert list(TaskRow.__annotations__) == list(TaskRead.model_fields)
+    assert set(TaskRead.model_fields) == TASK_KEYS

@@ -47,7 +47,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid); PostgreSQL gets BIGINT identity.
-TaskId = BigInteger().with_variant(Integer(), "sqlite")
+IdColumnType = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Task(SQLModel, table=True):
@@ -60,7 +60,7 @@ class Task(SQLModel, table=True):
     )
 
     id: int | None = Field(
-        default=None, sa_column=Column(TaskId, primary_key=True, autoincrement=True)
+        default=None, sa_column=Column(IdColumnType, primary_key=True, autoincrement=True)
     )
     user_id: str = Field(sa_column=Column(String(USER_ID_MAX), nullable=False))
     title: str = Field(sa_column=Column(String(TITLE_MAX), nullable=False))
