@@ -35,9 +35,10 @@ DATABASE_DIRECT_URL, a session connection.
 import asyncio
 import fcntl
 import os
+import socket
 import sqlite3
 import ssl as ssl_module
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -163,6 +164,14 @@ def _target(settings: Settings, *, direct: bool) -> tuple[URL, bool]:
     if settings.db_pooler is None:
         return url, _is_pooler_host(url)
     return url, settings.db_pooler == "transaction" and not is_sqlite(url)
+
+
+def check_urls(settings: Settings) -> None:
+    """Raise DatabaseURLError for a URL the engines would refuse, without connecting."""
+    for direct in (False, True):
+        url, _ = _target(settings, direct=direct)
+        if not is_sqlite(url):
+            _pg_connect_args(url, settings)
 
 
 def behind_pooler(settings: Settings) -> bool:
@@ -424,3 +433,66 @@ def _sqlite_migration_lock(url: URL) -> IO[bytes]:
     lock = open(f"{database}.migrate-lock", "ab")  # noqa: SIM115 - closed by the caller's with
     fcntl.flock(lock, fcntl.LOCK_EX)
     return lock
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)  # SQLAlchemy's wrapper -> the driver's error
+        pending += [orig if isinstance(orig, BaseException) else None]
+        pending += [current.__cause__, current.__context__]
+
+
+def _where(url: URL) -> str:
+    if is_sqlite(url):
+        return f"the SQLite database {url.database or ':memory:'}"
+    where = f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}"
+    return f'{where} (database "{url.database}", user "{url.username}")'
+
+
+def describe_failure(error: BaseException, settings: Settings) -> str | None:
+    """One line for whoever starts the service: what went wrong with the database and where,
+    never the password. None when `error` is not a failure to reach or use the database."""
+    try:
+        url, _ = _target(settings, direct=True)
+    except DatabaseURLError as exc:
+        return str(exc)
+    where = _where(url)
+    variable = "DATABASE_DIRECT_URL" if settings.database_direct_url else "DATABASE_URL"
+    timeout = settings.db_connect_timeout
+    for cause in _causes(error):
+        state = getattr(cause, "sqlstate", None)
+        server_says = str(cause.args[0]) if cause.args else type(cause).__name__
+        if isinstance(cause, DatabaseURLError):
+            return str(cause)
+        if state in ("28P01", "28000"):  # wrong password; no such role or no pg_hba.conf entry
+            hint = f"check the user and password in {variable}"
+            return f"{where} refused the login: {server_says} ({hint})"
+        if state == "3D000":
+            return f"{where}: {server_says} (create it, or fix the database name in {variable})"
+        if isinstance(state, str) and state[:2] in ("08", "53", "57"):
+            return f"{where} cannot serve now: {server_says} (SQLSTATE {state})"
+        if isinstance(cause, ssl_module.SSLError):
+            return f"{where}: the TLS handshake failed ({cause.reason or cause})"
+        if isinstance(cause, ConnectionError) and "SSL" in server_says:
+            return (
+                f"{where} does not accept TLS, but {variable} requires it "
+                "(sslmode=require or stricter)"
+            )
+        if isinstance(cause, socket.gaierror):
+            return f"{where}: the host name cannot be resolved ({cause.strerror})"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"{where} refused the connection: is PostgreSQL running and listening there?"
+        if isinstance(cause, TimeoutError):
+            return f"{where} did not answer within DB_CONNECT_TIMEOUT ({timeout:g} s)"
+        if isinstance(cause, OSError):
+            return f"{where} cannot be reached: {cause.strerror or type(cause).__name__}"
+        if isinstance(cause, sqlite3.Error):
+            return f"{where} cannot be used: {server_says}"
+    return None
