@@ -1,6 +1,7 @@
 """Start-up with a database that cannot be used: `taskapi migrate` and `taskapi serve` end with
 one line on stderr that names the problem and the host (never the password) and a non-zero
-exit, not a traceback. Each case runs the real command in a process of its own.
+exit, not a traceback. The main cases run the real command in a process of its own; the rest
+call the same entry point in this process (a second each saved).
 """
 
 import asyncio
@@ -14,6 +15,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from backend import cli
 from tests.conftest import SECRET, PostgresCluster, free_port
 
 PASSWORD = "Pa55-word-never-printed"
@@ -69,9 +71,37 @@ def test_connection_refused(command: str, tmp_path: Path) -> None:
     )
 
 
-def test_no_answer_within_the_connect_timeout(silent_port: int, tmp_path: Path) -> None:
+def exit_line(
+    argv: list[str], database_url: str, monkeypatch: pytest.MonkeyPatch, **env: str
+) -> str:
+    """`taskapi ARGV` in this process: the message it exits with."""
+    for name, value in {
+        "DATABASE_URL": database_url,
+        "BETTER_AUTH_SECRET": SECRET,
+        "DB_CONNECT_TIMEOUT": "1",
+        **env,
+    }.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert isinstance(exited.value.code, str)
+    assert PASSWORD not in exited.value.code
+    return exited.value.code
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    for name in ("DATABASE_DIRECT_URL", "DB_POOLER", "MIGRATE_ON_START"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_no_answer_within_the_connect_timeout(
+    silent_port: int, cli_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"postgresql://app:{PASSWORD}@127.0.0.1:{silent_port}/tasks"
-    assert one_line(taskapi("migrate", url, tmp_path)) == (
+    assert exit_line(["migrate"], url, monkeypatch) == (
         f'taskapi: PostgreSQL at 127.0.0.1:{silent_port} (database "tasks", user "app") did not '
         "answer within DB_CONNECT_TIMEOUT (1 s)"
     )
@@ -110,20 +140,30 @@ def test_tls_required_by_the_url_but_not_offered_by_the_server(
     )
 
 
-@pytest.mark.parametrize("command", ["migrate", "serve"])
-def test_a_url_of_another_database(command: str, tmp_path: Path) -> None:
+def test_a_url_of_another_database(tmp_path: Path) -> None:
     url = f"mysql://app:{PASSWORD}@db.example.com/tasks"
-    assert one_line(taskapi(command, url, tmp_path, MIGRATE_ON_START="false")) == (
+    assert one_line(taskapi("migrate", url, tmp_path)) == (
         "taskapi: DATABASE_URL must be a postgresql:// or sqlite:// URL, not mysql:// "
         "(host db.example.com)"
     )
 
 
-def test_a_direct_url_of_another_database(postgres: PostgresCluster, tmp_path: Path) -> None:
-    url = postgres.url("postgres")
+def test_serve_without_migrating_still_checks_the_url(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"mysql://app:{PASSWORD}@db.example.com/tasks"
+    assert exit_line(["serve"], url, monkeypatch, MIGRATE_ON_START="false") == (
+        "taskapi: DATABASE_URL must be a postgresql:// or sqlite:// URL, not mysql:// "
+        "(host db.example.com)"
+    )
+
+
+def test_a_direct_url_of_another_database(
+    postgres: PostgresCluster, cli_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     direct = f"mysql://app:{PASSWORD}@db.example.com/tasks"
-    result = taskapi("migrate", url, tmp_path, DATABASE_DIRECT_URL=direct)
-    assert one_line(result) == (
+    line = exit_line(["migrate"], postgres.url("postgres"), monkeypatch, DATABASE_DIRECT_URL=direct)
+    assert line == (
         "taskapi: DATABASE_DIRECT_URL must be a postgresql:// or sqlite:// URL, not mysql:// "
         "(host db.example.com)"
     )
