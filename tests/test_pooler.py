@@ -30,6 +30,7 @@ from tests.test_db_failures import (
     fast_settings,
     postgres_row_lock,
     timed,
+    until_nobody_waits_for_a_lock,
 )
 
 Auth = Callable[..., dict[str, str]]
@@ -43,22 +44,6 @@ pytestmark = pytest.mark.skipif(
 
 def new_user() -> str:
     return f"user-{uuid4().hex}"
-
-
-async def until_nobody_waits_for_a_lock(url: str) -> None:
-    watcher = await asyncpg.connect(url.replace("postgresql", "postgres"))
-    try:
-        for _ in range(600):
-            waiting = await watcher.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            )
-            if waiting == 0:
-                return
-            await asyncio.sleep(0.05)
-        pytest.fail("a statement still waits for the lock 30 s after its cancel was sent")
-    finally:
-        await watcher.close()
 
 
 async def test_crud_through_pgbouncer(pgbouncer_database_url: str, auth: Auth) -> None:
