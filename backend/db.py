@@ -33,6 +33,7 @@ DATABASE_DIRECT_URL, a session connection.
 """
 
 import asyncio
+import errno
 import fcntl
 import os
 import socket
@@ -449,6 +450,9 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
         pending += [current.__cause__, current.__context__]
 
 
+_UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+
+
 def _where(url: URL) -> str:
     if is_sqlite(url):
         return f"the SQLite database {url.database or ':memory:'}"
@@ -491,7 +495,9 @@ def describe_failure(error: BaseException, settings: Settings) -> str | None:
             return f"{where} refused the connection: is PostgreSQL running and listening there?"
         if isinstance(cause, TimeoutError):
             return f"{where} did not answer within DB_CONNECT_TIMEOUT ({timeout:g} s)"
-        if isinstance(cause, OSError):
+        if isinstance(cause, ConnectionError) or (
+            isinstance(cause, OSError) and cause.errno in _UNREACHABLE_ERRNOS
+        ):  # not any OSError: a file missing in a migration is a bug, shown in full
             return f"{where} cannot be reached: {cause.strerror or type(cause).__name__}"
         if isinstance(cause, sqlite3.Error):
             return f"{where} cannot be used: {server_says}"
