@@ -6,7 +6,7 @@ VENV := .venv
 INTEROP := interop/better-auth
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install interop run test lint format bench
+.PHONY: install interop test-services run test lint format bench
 .DEFAULT_GOAL := test
 
 $(UV):
@@ -27,6 +27,19 @@ $(INTEROP)/node_modules/.installed: $(INTEROP)/package-lock.json
 
 interop: $(INTEROP)/node_modules/.installed
 
+# The servers the suite runs for real: PostgreSQL 15 and PgBouncer (Debian's packages), installed
+# when missing (as root, as on CI; elsewhere install them yourself or run with sudo).
+PG_INITDB := /usr/lib/postgresql/15/bin/initdb
+PGBOUNCER := /usr/sbin/pgbouncer
+test-services:
+	@missing=""; \
+	[ -x $(PG_INITDB) ] || missing="$$missing postgresql-15"; \
+	[ -x $(PGBOUNCER) ] || missing="$$missing pgbouncer"; \
+	if [ -n "$$missing" ]; then \
+		echo "# installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
 # make run HOST=0.0.0.0 PORT=8100
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -43,7 +56,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint interop
+test: lint interop test-services
 	$(VENV)/bin/pytest
 
 bench: install

@@ -26,9 +26,26 @@ def _ttl(text: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def _migrate(settings: Settings) -> None:
+    """Migrate, or end the process with one line that says what is wrong with the database
+    (unreachable, login or TLS refused, a URL of another kind) instead of a traceback."""
+    try:
+        asyncio.run(db.migrate(settings))
+    except Exception as exc:
+        problem = db.describe_failure(exc, settings)
+        if problem is None:
+            raise  # not the database's answer: a bug, shown in full
+        sys.exit(f"taskapi: {problem}")
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> None:
     if settings.migrate_on_start:
-        asyncio.run(db.migrate(settings))
+        _migrate(settings)
+    else:
+        try:  # the workers would each fail on it with a traceback
+            db.check_urls(settings)
+        except db.DatabaseURLError as exc:
+            sys.exit(f"taskapi: {exc}")
     # Migrated once here; the workers need not race for it.
     os.environ["MIGRATE_ON_START"] = "false"
     uvicorn.run(
@@ -84,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         _serve(settings, args)
     elif args.command == "migrate":
-        asyncio.run(db.migrate(settings))
+        _migrate(settings)
         print("taskapi: database is at the latest migration", file=sys.stderr)
     else:
         _token(with_development_secret(settings), args)

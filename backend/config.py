@@ -13,7 +13,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -58,6 +58,17 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=0, ge=0, le=100)
     db_pool_timeout: float = Field(default=5.0, gt=0, le=60)
     db_connect_timeout: float = Field(default=5.0, gt=0, le=60)
+    db_statement_timeout: float = Field(
+        default=5.0, gt=0, le=600, description="seconds a statement (or lock wait) may take"
+    )
+    db_pooler: Literal["none", "transaction"] | None = Field(
+        default=None,
+        description="transaction: DATABASE_URL is a transaction-mode pooler (PgBouncer); "
+        "unset: transaction for a Neon -pooler host, else none",
+    )
+    database_direct_url: str | None = Field(
+        default=None, description="a session (non-pooled) URL for migrations; default DATABASE_URL"
+    )
     log_level: str = "INFO"
 
     @field_validator("cors_origins", mode="before")

@@ -14,14 +14,34 @@
   deadlocks), connections recycled before Neon's five-minute idle suspend can kill them, and a
   connect timeout.
 - Timestamps are timezone-aware UTC on both (see `models.task.UTCDateTime`).
+
+A database that cannot serve now is `DatabaseUnavailable` (503), always within a bound:
+- every wait has a limit: a free connection (DB_POOL_TIMEOUT), a new one (DB_CONNECT_TIMEOUT),
+  and each statement or lock wait (DB_STATEMENT_TIMEOUT: the server's statement_timeout and
+  lock_timeout, set on each new connection; asyncpg's command_timeout a little later for a
+  server that does not answer at all; SQLite's busy timeout);
+- the driver's failures are sorted where they arise (`_on_driver_error` for statements,
+  `Database.connect` for connecting): PostgreSQL shutting down or starting up, out of
+  connections, a lost connection, a timeout, a locked SQLite file. Anything else (a bug) stays
+  a 500.
+
+Behind a transaction-mode pooler (PgBouncer; Neon's `-pooler` host) consecutive statements of
+one connection may run on different server connections, so nothing may live in the session:
+no named prepared statements (every statement is parsed again in the round trip that runs it)
+and no SET, so the statement bound is asyncpg's command_timeout alone. Migrations run on
+DATABASE_DIRECT_URL, a session connection.
 """
 
 import asyncio
+import errno
 import fcntl
 import os
+import socket
+import sqlite3
 import ssl as ssl_module
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,34 +49,66 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, NullPool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
 
 from backend.config import Settings
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Neon suspends an idle compute after 5 minutes, closing its connections; any connection older
 # than this is replaced at checkout instead of failing on first use.
 PG_POOL_RECYCLE_SECONDS = 240
+# The server's statement_timeout/lock_timeout end a slow statement cleanly (the connection stays
+# usable); asyncpg's own timeout, this much later, is for a server that does not answer at all.
+CLIENT_TIMEOUT_GRACE_SECONDS = 1.0
 _SSLMODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
+# SQLSTATEs that mean "the database cannot serve now; the same request may work later".
+_UNAVAILABLE_SQLSTATES = {
+    "57P01": "the database server is shutting down",
+    "57P02": "the database server crashed and is restarting",
+    "57P03": "the database server is starting up",
+    "57P05": "the database server closed an idle connection",
+    "08P01": "the server, or a pooler in front of it, refused the protocol (behind PgBouncer in "
+    "transaction mode, set DB_POOLER=transaction)",
+    "57014": "a statement ran longer than DB_STATEMENT_TIMEOUT",
+    "55P03": "a lock wait ran longer than DB_STATEMENT_TIMEOUT",
+}
+_UNAVAILABLE_CLASSES = {
+    "08": "the connection to the database failed",
+    "53": "the database server is out of resources (too many connections, memory or disk)",
+}
+# Of those, the ones after which the connection is gone.
+_CONNECTION_LOST = {"57P01", "57P02", "57P05"}
 
 
 class DatabaseURLError(ValueError):
     pass
 
 
-def normalize_url(raw: str) -> URL:
+class DatabaseUnavailable(Exception):
+    """The database cannot serve now: down, restarting, out of connections, locked or too slow.
+    The same request may well succeed later. `reason` says which, without SQL or parameters."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def normalize_url(raw: str, *, name: str = "DATABASE_URL") -> URL:
     try:
         url = make_url(raw.strip())
     except Exception as exc:
-        raise DatabaseURLError("DATABASE_URL is not a valid database URL") from exc
+        raise DatabaseURLError(f"{name} is not a valid database URL") from exc
     backend = url.get_backend_name()
     if backend == "sqlite":
         return url.set(drivername="sqlite+aiosqlite")
     if backend in ("postgresql", "postgres"):
         return url.set(drivername="postgresql+asyncpg")
-    raise DatabaseURLError("DATABASE_URL must be a sqlite:// or postgresql:// URL")
+    host = f" (host {url.host})" if url.host else ""
+    raise DatabaseURLError(
+        f"{name} must be a postgresql:// or sqlite:// URL, not {url.drivername}://{host}"
+    )
 
 
 def is_sqlite(url: URL) -> bool:
@@ -98,13 +150,83 @@ def _pg_connect_args(url: URL, settings: Settings) -> tuple[URL, dict[str, Any]]
     return url.set(query={}), args
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _: ConnectionPoolEntry) -> None:
+def _is_pooler_host(url: URL) -> bool:
+    # Neon's pooled connection string: ep-name-123456-pooler.region.aws.neon.tech.
+    return not is_sqlite(url) and "-pooler" in (url.host or "")
+
+
+def _target(settings: Settings, *, direct: bool) -> tuple[URL, bool]:
+    """The URL to connect to, and whether it is a transaction-mode pooler. `direct`: the
+    session connection for migrations (DATABASE_DIRECT_URL, else DATABASE_URL)."""
+    if direct and settings.database_direct_url:
+        url = normalize_url(settings.database_direct_url, name="DATABASE_DIRECT_URL")
+        return url, _is_pooler_host(url)
+    url = normalize_url(settings.db_url)
+    if settings.db_pooler is None:
+        return url, _is_pooler_host(url)
+    return url, settings.db_pooler == "transaction" and not is_sqlite(url)
+
+
+def check_urls(settings: Settings) -> None:
+    """Raise DatabaseURLError for a URL the engines would refuse, without connecting."""
+    for direct in (False, True):
+        url, _ = _target(settings, direct=direct)
+        if not is_sqlite(url):
+            _pg_connect_args(url, settings)
+
+
+def behind_pooler(settings: Settings) -> bool:
+    """Whether requests go through a transaction-mode pooler (DB_POOLER, or a Neon -pooler host)."""
+    return _target(settings, direct=False)[1]
+
+
+def _unnamed_statement() -> str:
+    return ""
+
+
+def _pg_driver_args(settings: Settings, *, for_requests: bool, pooled: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    if pooled:
+        # asyncpg's cache keeps named prepared statements on the server connection that
+        # prepared them; through the pooler the next use lands on another one ("prepared
+        # statement __asyncpg_stmt_10__ does not exist"). Unique names (SQLAlchemy's documented
+        # recipe) fail the same way with PgBouncer 1.18, and leak a statement per query. An
+        # unnamed statement is parsed again in the very round trip that binds and runs it
+        # (asyncpg does this when its cache is off), so it never outlives its server connection.
+        args.update(
+            statement_cache_size=0,  # asyncpg's cache
+            prepared_statement_cache_size=0,  # SQLAlchemy's cache of asyncpg statements
+            prepared_statement_name_func=_unnamed_statement,
+        )
+    if for_requests:
+        # Behind a transaction-mode pooler a SET would stay on whichever server connection ran
+        # it, so the client's timeout is the only bound there (asyncpg cancels the statement on
+        # the server when it fires); elsewhere the server's timeouts come first (`_set_timeouts`).
+        grace = 0 if pooled else CLIENT_TIMEOUT_GRACE_SECONDS
+        args["command_timeout"] = settings.db_statement_timeout + grace
+    return args
+
+
+def _set_timeouts(milliseconds: int, dbapi_connection: Any, _: ConnectionPoolEntry) -> None:
+    # Once per new connection. A SET rather than startup parameters, which PgBouncer refuses
+    # in every pool mode ("unsupported startup parameter: statement_timeout").
+    dbapi_connection.run_async(
+        lambda conn: conn.execute(
+            f"SET statement_timeout = {milliseconds}; SET lock_timeout = {milliseconds}"
+        )
+    )
+
+
+def _sqlite_pragmas(busy_timeout_ms: int, dbapi_connection: Any, _: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # A writer waits this long for the lock, then fails ("database is locked": 503). Equal
+        # to DB_STATEMENT_TIMEOUT: a longer wait would hold one of the few connections past the
+        # time every other request gives up.
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     finally:
         cursor.close()
 
@@ -115,6 +237,57 @@ def pool_size(settings: Settings) -> int:
     # SQLite runs one writer at a time: more connections only add threads that sleep in the
     # busy handler (measured: p99 of writes 1 s with 20 connections, 0.1 s with 3).
     return 3 if is_sqlite(normalize_url(settings.db_url)) else 10
+
+
+def unavailable_reason(error: BaseException) -> str | None:
+    """Why the database cannot serve now, if that is what `error` (a driver's exception) says;
+    None for anything else (a bug, a constraint, a refused login)."""
+    state = getattr(error, "sqlstate", None)  # asyncpg's, kept by SQLAlchemy's adapter
+    if isinstance(state, str):
+        reason = _UNAVAILABLE_SQLSTATES.get(state) or _UNAVAILABLE_CLASSES.get(state[:2])
+        return None if reason is None else f"{reason} (SQLSTATE {state})"
+    if isinstance(error, sqlite3.OperationalError):
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # extended codes keep the primary
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return "the SQLite database stayed locked longer than DB_STATEMENT_TIMEOUT"
+        return None
+    if isinstance(error, TimeoutError):
+        return "the database did not answer within DB_STATEMENT_TIMEOUT"
+    if isinstance(error, OSError):
+        return f"the connection to the database failed ({type(error).__name__})"
+    return None
+
+
+def _on_driver_error(context: ExceptionContext) -> BaseException | None:
+    """SQLAlchemy's handle_error hook: a statement's (or a connect's) failure that means the
+    database cannot serve now becomes DatabaseUnavailable; everything else goes on as it is."""
+    error = context.original_exception
+    if not isinstance(error, Exception):  # cancellation, interpreter exit: not ours to judge
+        return None
+    reason = unavailable_reason(error)
+    if reason is None and context.is_disconnect:
+        reason = "the connection to the database was lost"
+    if reason is None:
+        return None
+    if getattr(error, "sqlstate", None) in _CONNECTION_LOST:
+        context.is_disconnect = True  # the server ended this session: never reuse it
+    elif isinstance(error, TimeoutError):
+        # SQLAlchemy would discard the connection, closing it politely: two more seconds on a
+        # server that does not answer. asyncpg has already asked the server to cancel the
+        # statement; the connection's next user waits for that (or asyncpg closes it, and the
+        # pool replaces it at checkout), so it may go back to the pool.
+        context.is_disconnect = False
+    return DatabaseUnavailable(reason)
+
+
+def _discard_closed(
+    dbapi_connection: Any, _: ConnectionPoolEntry, __: PoolProxiedConnection
+) -> None:
+    # A server restart, Neon suspending its compute, or a timed-out statement whose cancel
+    # failed leaves pooled connections that asyncpg already knows are closed: replace them at
+    # checkout (no round trip) rather than fail the request that draws one.
+    if dbapi_connection.driver_connection.is_closed():
+        raise sa_exc.DisconnectionError("the pooled connection was closed")
 
 
 class Database:
@@ -131,6 +304,7 @@ class Database:
         self.engine = make_engine(settings)
         self._gate = asyncio.Semaphore(pool_size(settings) + settings.db_max_overflow)
         self._timeout = settings.db_pool_timeout
+        self._connect_timeout = settings.db_connect_timeout
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
@@ -138,10 +312,30 @@ class Database:
             async with asyncio.timeout(self._timeout):
                 await self._gate.acquire()
         except TimeoutError:
-            raise sa_exc.TimeoutError("no database connection became free in time") from None
+            raise DatabaseUnavailable(
+                f"no database connection became free within DB_POOL_TIMEOUT ({self._timeout:g} s)"
+            ) from None
         try:
-            async with self.engine.connect() as conn:
+            conn = self.engine.connect()
+            try:
+                await conn.start()
+            # What the driver raises before a connection exists reaches no SQLAlchemy hook:
+            # refused, unreachable, TLS refused, or no answer within DB_CONNECT_TIMEOUT.
+            except TimeoutError as exc:
+                raise DatabaseUnavailable(
+                    "the database did not accept a connection within DB_CONNECT_TIMEOUT "
+                    f"({self._connect_timeout:g} s)"
+                ) from exc
+            except OSError as exc:
+                raise DatabaseUnavailable(
+                    f"cannot connect to the database ({type(exc).__name__})"
+                ) from exc
+            except sa_exc.TimeoutError as exc:  # the pool's own checkout timeout
+                raise DatabaseUnavailable("no pooled database connection became free") from exc
+            try:
                 yield conn
+            finally:
+                await conn.close()
         finally:
             self._gate.release()
 
@@ -150,9 +344,10 @@ class Database:
 
 
 def make_engine(settings: Settings, *, for_requests: bool = True) -> AsyncEngine:
-    """The request engine (AUTOCOMMIT, pooled), or with `for_requests=False` a one-off
-    transactional engine for migrations and tests."""
-    url = normalize_url(settings.db_url)
+    """The request engine (AUTOCOMMIT, pooled, every statement bounded), or with
+    `for_requests=False` a one-off transactional engine on the direct (session) URL for
+    migrations and tests, whose statements are not cut short."""
+    url, pooled = _target(settings, direct=not for_requests)
     kwargs: dict[str, Any] = {"hide_parameters": True}  # task text never reaches a log line
     if for_requests:
         kwargs.update(
@@ -170,14 +365,25 @@ def make_engine(settings: Settings, *, for_requests: bool = True) -> AsyncEngine
         database = url.database
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        busy_timeout = settings.db_statement_timeout
+        kwargs["connect_args"] = {"timeout": busy_timeout}
         engine = create_async_engine(url, **kwargs)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    url, kwargs["connect_args"] = _pg_connect_args(url, settings)
-    if for_requests:
-        kwargs["pool_recycle"] = PG_POOL_RECYCLE_SECONDS
-    return create_async_engine(url, **kwargs)
+        event.listen(
+            engine.sync_engine, "connect", partial(_sqlite_pragmas, round(busy_timeout * 1000))
+        )
+    else:
+        url, connect_args = _pg_connect_args(url, settings)
+        connect_args.update(_pg_driver_args(settings, for_requests=for_requests, pooled=pooled))
+        kwargs["connect_args"] = connect_args
+        if for_requests:
+            kwargs["pool_recycle"] = PG_POOL_RECYCLE_SECONDS
+        engine = create_async_engine(url, **kwargs)
+        event.listen(engine.sync_engine, "checkout", _discard_closed)
+        if for_requests and not pooled:
+            milliseconds = max(1, round(settings.db_statement_timeout * 1000))
+            event.listen(engine.sync_engine, "connect", partial(_set_timeouts, milliseconds))
+    event.listen(engine.sync_engine, "handle_error", _on_driver_error)
+    return engine
 
 
 # An arbitrary, fixed key: every process of this service migrating the same database takes
@@ -198,8 +404,12 @@ def _upgrade_to_head(sync_conn: Connection) -> None:
 
 
 async def migrate(settings: Settings) -> None:
-    """Apply pending migrations, holding a lock that other processes migrating wait for."""
-    url = normalize_url(settings.db_url)
+    """Apply pending migrations, holding a lock that other processes migrating wait for.
+
+    They run on DATABASE_DIRECT_URL when it is set: a session connection, as a transaction-mode
+    pooler is no place for DDL that may run longer than its query timeouts (the lock itself is
+    transaction-scoped, so the pooled URL works too when no direct one is given)."""
+    url, _ = _target(settings, direct=True)
     engine = make_engine(settings, for_requests=False)
     try:
         if is_sqlite(url):
@@ -224,3 +434,71 @@ def _sqlite_migration_lock(url: URL) -> IO[bytes]:
     lock = open(f"{database}.migrate-lock", "ab")  # noqa: SIM115 - closed by the caller's with
     fcntl.flock(lock, fcntl.LOCK_EX)
     return lock
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)  # SQLAlchemy's wrapper -> the driver's error
+        pending += [orig if isinstance(orig, BaseException) else None]
+        pending += [current.__cause__, current.__context__]
+
+
+_UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+
+
+def _where(url: URL) -> str:
+    if is_sqlite(url):
+        return f"the SQLite database {url.database or ':memory:'}"
+    where = f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}"
+    return f'{where} (database "{url.database}", user "{url.username}")'
+
+
+def describe_failure(error: BaseException, settings: Settings) -> str | None:
+    """One line for whoever starts the service: what went wrong with the database and where,
+    never the password. None when `error` is not a failure to reach or use the database."""
+    try:
+        url, _ = _target(settings, direct=True)
+    except DatabaseURLError as exc:
+        return str(exc)
+    where = _where(url)
+    variable = "DATABASE_DIRECT_URL" if settings.database_direct_url else "DATABASE_URL"
+    timeout = settings.db_connect_timeout
+    for cause in _causes(error):
+        state = getattr(cause, "sqlstate", None)
+        server_says = str(cause.args[0]) if cause.args else type(cause).__name__
+        if isinstance(cause, DatabaseURLError):
+            return str(cause)
+        if state in ("28P01", "28000"):  # wrong password; no such role or no pg_hba.conf entry
+            hint = f"check the user and password in {variable}"
+            return f"{where} refused the login: {server_says} ({hint})"
+        if state == "3D000":
+            return f"{where}: {server_says} (create it, or fix the database name in {variable})"
+        if isinstance(state, str) and state[:2] in ("08", "53", "57"):
+            return f"{where} cannot serve now: {server_says} (SQLSTATE {state})"
+        if isinstance(cause, ssl_module.SSLError):
+            return f"{where}: the TLS handshake failed ({cause.reason or cause})"
+        if isinstance(cause, ConnectionError) and "SSL" in server_says:
+            return (
+                f"{where} does not accept TLS, but {variable} requires it "
+                "(sslmode=require or stricter)"
+            )
+        if isinstance(cause, socket.gaierror):
+            return f"{where}: the host name cannot be resolved ({cause.strerror})"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"{where} refused the connection: is PostgreSQL running and listening there?"
+        if isinstance(cause, TimeoutError):
+            return f"{where} did not answer within DB_CONNECT_TIMEOUT ({timeout:g} s)"
+        if isinstance(cause, ConnectionError) or (
+            isinstance(cause, OSError) and cause.errno in _UNREACHABLE_ERRNOS
+        ):  # not any OSError: a file missing in a migration is a bug, shown in full
+            return f"{where} cannot be reached: {cause.strerror or type(cause).__name__}"
+        if isinstance(cause, sqlite3.Error):
+            return f"{where} cannot be used: {server_says}"
+    return None

@@ -32,13 +32,14 @@ from typing import Any, ClassVar
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import exc as sa_exc
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.db import DatabaseUnavailable
 
 logger = logging.getLogger("backend.errors")
 
@@ -265,9 +266,11 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _on_unavailable(_: Request, exc: Exception) -> Response:
-    # The database is unreachable, the pool is exhausted or a connection dropped: the request
-    # may well succeed if retried, so 503 with Retry-After rather than a 500.
-    logger.warning("database unavailable: %s", type(exc).__name__)
+    # The database is down, restarting, out of connections, locked or too slow (db.py sorts the
+    # driver's errors where they arise): the request may well succeed if retried, so 503 with
+    # Retry-After rather than a 500. Logged here and only here, by its reason: no SQL, no values.
+    assert isinstance(exc, DatabaseUnavailable)
+    logger.warning("database unavailable: %s", exc.reason)
     return error_response(ServiceUnavailable())
 
 
@@ -321,11 +324,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _on_app_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    for unavailable in (
-        sa_exc.TimeoutError,  # pool checkout timed out
-        sa_exc.OperationalError,
-        sa_exc.InterfaceError,
-        ConnectionError,
-        TimeoutError,
-    ):
-        app.add_exception_handler(unavailable, _on_unavailable)
+    app.add_exception_handler(DatabaseUnavailable, _on_unavailable)

@@ -5,22 +5,30 @@ root, since PostgreSQL refuses to run as root) on a free loopback port, started 
 session and removed afterwards. With CI set, a PostgreSQL that cannot start fails the run;
 elsewhere its half of the suite is skipped with the reason. TEST_DATABASES=sqlite (or
 postgresql) runs one half only.
+
+A third kind, `pgbouncer`, is the same PostgreSQL through a real PgBouncer in transaction mode
+(Neon's pooled connection): the modules that matter most there ask for it themselves
+(`database_kinds("pgbouncer")`), and TEST_DATABASES=pgbouncer runs the whole suite through it.
+Settings made by `make_settings` for a pooled URL say DB_POOLER=transaction, as a deployment's
+would. Tests that break a database (restart it, freeze it, exhaust it) start clusters of their
+own with `spare_postgres`.
 """
 
 import asyncio
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import jwt
@@ -35,7 +43,11 @@ from backend.main import create_app
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 ALL_DATABASES = ("sqlite", "postgresql")
+DATABASE_KINDS = (*ALL_DATABASES, "pgbouncer")
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/local/bin", "/usr/bin")
+PGBOUNCER = "/usr/sbin/pgbouncer"
+# URLs that lead through the test PgBouncer: settings for them say DB_POOLER=transaction.
+POOLED_URLS: set[str] = set()
 
 
 @pytest.fixture(scope="session")
@@ -61,27 +73,79 @@ def _pg_tool(name: str) -> str:
     return found
 
 
+def _as_postgres() -> list[str]:
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def _owned_temp_folder(prefix: str) -> Path:
+    """A new folder under the system temp dir, owned by `postgres` when we are root (the
+    servers the tests start refuse to run as root)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        postgres_user = pwd.getpwnam("postgres")
+        os.chown(folder, postgres_user.pw_uid, postgres_user.pw_gid)
+    return folder
+
+
 @dataclass
 class PostgresCluster:
     port: int
     folder: Path
+    options: str = ""  # the postgres command-line options it was started with
 
-    def url(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str, user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    def pg_ctl(self, *args: str, timeout: float = 90) -> None:
+        subprocess.run(
+            [*_as_postgres(), _pg_tool("pg_ctl"), "-D", str(self.data), *args],
+            check=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+
+    def start(self) -> None:
+        log = str(self.folder / "log")
+        self.pg_ctl("-o", self.options, "-l", log, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg_ctl("-m", mode, "-w", "-t", "60", "stop")
+
+    def restart(self, mode: str = "fast") -> None:
+        # Not `pg_ctl restart`: it cannot be given the log file, so the new postmaster would
+        # inherit our pipes and the call would never return.
+        self.stop(mode)
+        self.start()
+
+    def processes(self) -> list[int]:
+        """The postmaster and every process it started (backends, writers, autovacuum)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(
+            ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        return [postmaster, *map(int, children)]
+
+    def signal(self, pids: list[int], signum: signal.Signals) -> None:
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
 
-def _start_postgres() -> PostgresCluster:
-    folder = Path(tempfile.mkdtemp(prefix="taskapi-pg-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:
-        postgres_user = pwd.getpwnam("postgres")
-        os.chown(folder, postgres_user.pw_uid, postgres_user.pw_gid)
-        as_postgres = ["runuser", "-u", "postgres", "--"]
+def start_postgres(
+    settings: dict[str, str] | None = None, hba: tuple[str, ...] = ()
+) -> PostgresCluster:
+    """A new cluster on a free loopback port; `settings` are extra `-c` options, `hba` lines
+    put before the default (trust) ones of pg_hba.conf."""
+    folder = _owned_temp_folder("taskapi-pg-")
     data = folder / "data"
     port = free_port()
     subprocess.run(
         [
-            *as_postgres,
+            *_as_postgres(),
             _pg_tool("initdb"),
             "-D",
             str(data),
@@ -98,66 +162,152 @@ def _start_postgres() -> PostgresCluster:
         capture_output=True,
         timeout=120,
     )
-    options = (
-        f"-p {port} -c listen_addresses=127.0.0.1 -k {folder} -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
-    subprocess.run(
-        [
-            *as_postgres,
-            _pg_tool("pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(folder / "log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=90,
-    )
-    return PostgresCluster(port=port, folder=folder)
+    if hba:
+        hba_file = data / "pg_hba.conf"
+        stat = hba_file.stat()
+        hba_file.write_text("\n".join(hba) + "\n" + hba_file.read_text())
+        os.chown(hba_file, stat.st_uid, stat.st_gid)
+    options = {
+        "listen_addresses": "127.0.0.1",
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "max_connections": "200",
+        **(settings or {}),
+    }
+    flags = " ".join(f"-c {name}={value}" for name, value in options.items())
+    cluster = PostgresCluster(port=port, folder=folder, options=f"-p {port} -k {folder} {flags}")
+    cluster.start()
+    return cluster
 
 
-def _stop_postgres(cluster: PostgresCluster) -> None:
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run(
-        [
-            *as_postgres,
-            _pg_tool("pg_ctl"),
-            "-D",
-            str(cluster.folder / "data"),
-            "-m",
-            "fast",
-            "-w",
-            "stop",
-        ],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+def stop_postgres(cluster: PostgresCluster) -> None:
+    # A test that froze the cluster may have failed before thawing it.
+    with suppress(OSError, ValueError, IndexError):
+        cluster.signal(cluster.processes(), signal.SIGCONT)
+    with suppress(OSError, subprocess.SubprocessError):
+        cluster.stop()
     shutil.rmtree(cluster.folder, ignore_errors=True)
+
+
+def _unavailable(what: str, exc: BaseException) -> NoReturn:
+    detail = getattr(exc, "stderr", b"") or b""
+    if isinstance(detail, bytes):
+        detail = detail.decode(errors="replace")
+    message = f"{what} could not start: {exc} {detail}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresCluster]:
     try:
-        cluster = _start_postgres()
+        cluster = start_postgres()
     except (OSError, subprocess.SubprocessError, KeyError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        message = f"PostgreSQL could not start: {exc} {detail.decode(errors='replace')}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        _unavailable("PostgreSQL", exc)
     try:
         yield cluster
     finally:
-        _stop_postgres(cluster)
+        stop_postgres(cluster)
+
+
+@pytest.fixture
+def spare_postgres(postgres: PostgresCluster) -> Iterator[Callable[..., PostgresCluster]]:
+    """spare_postgres(settings={...}, hba=(...)) -> a cluster of the test's own, to restart,
+    freeze or exhaust; each one is stopped and removed after the test. (It asks for the session
+    cluster only so that a machine without PostgreSQL skips or fails the same way.)"""
+    started: list[PostgresCluster] = []
+
+    def start(settings: dict[str, str] | None = None, hba: tuple[str, ...] = ()) -> PostgresCluster:
+        cluster = start_postgres(settings, hba)
+        started.append(cluster)
+        return cluster
+
+    try:
+        yield start
+    finally:
+        for cluster in started:
+            stop_postgres(cluster)
+
+
+@dataclass
+class PgBouncer:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+
+def start_pgbouncer(cluster: PostgresCluster, folder: Path) -> PgBouncer:
+    """Debian's PgBouncer in transaction mode (as Neon runs it) in front of `cluster`, on a free
+    loopback port, as `postgres` when we are root (it refuses to run as root)."""
+    binary = PGBOUNCER if Path(PGBOUNCER).exists() else shutil.which("pgbouncer")
+    if binary is None:
+        raise FileNotFoundError("PgBouncer is not installed (make test installs it)")
+    port = free_port()
+    users = folder / "users.txt"
+    users.write_text('"postgres" ""\n')
+    config = folder / "pgbouncer.ini"
+    config.write_text(
+        f"""[databases]
+* = host=127.0.0.1 port={cluster.port}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {users}
+pool_mode = transaction
+max_client_conn = 500
+default_pool_size = 20
+"""
+    )
+    user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    log = (folder / "pgbouncer.log").open("wb")
+    process = subprocess.Popen(
+        [binary, str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        user=user.pw_uid if user else None,
+        group=user.pw_gid if user else None,
+        extra_groups=[] if user else None,
+    )
+    log.close()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return PgBouncer(port=port, process=process)
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise RuntimeError(
+                    "PgBouncer did not start: " + (folder / "pgbouncer.log").read_text()
+                ) from None
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres: PostgresCluster) -> Iterator[PgBouncer]:
+    folder = _owned_temp_folder("taskapi-pgbouncer-")
+    try:
+        bouncer = start_pgbouncer(postgres, folder)
+    except (OSError, RuntimeError, KeyError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        _unavailable("PgBouncer", exc)
+    try:
+        yield bouncer
+    finally:
+        bouncer.process.terminate()
+        try:
+            bouncer.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            bouncer.process.kill()
+            bouncer.process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def _create_database(admin_url: str, name: str) -> None:
@@ -174,28 +324,52 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "database_url": database_url,
         "better_auth_secret": SecretStr(SECRET),
         "migrate_on_start": False,
+        "db_pooler": "transaction" if database_url in POOLED_URLS else None,
         "_env_file": None,
     }
     values.update(overrides)
     return Settings(**values)
 
 
-def _selected_databases() -> list[str]:
-    wanted = os.environ.get("TEST_DATABASES", ",".join(ALL_DATABASES))
-    return [name for name in ALL_DATABASES if name in wanted.split(",")]
+def database_kinds(*extra: str) -> list[str]:
+    """The kinds TEST_DATABASES selects (default: sqlite and postgresql), plus `extra` kinds
+    that run on PostgreSQL (pgbouncer) when PostgreSQL is selected."""
+    wanted = os.environ.get("TEST_DATABASES", ",".join(ALL_DATABASES)).split(",")
+    if "postgresql" in wanted:
+        wanted += extra
+    return [name for name in DATABASE_KINDS if name in wanted]
 
 
-@pytest.fixture(scope="session", params=_selected_databases())
-def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A migrated database of each kind, shared by the tests (each starts from an empty table)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'tasks.db'}"
-    else:
-        cluster: PostgresCluster = request.getfixturevalue("postgres")
-        asyncio.run(_create_database(cluster.url("postgres"), "taskapi_test"))
-        url = cluster.url("taskapi_test")
+@pytest.fixture(scope="session")
+def sqlite_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'tasks.db'}"
     asyncio.run(db.migrate(make_settings(url)))
     return url
+
+
+@pytest.fixture(scope="session")
+def postgresql_database_url(postgres: PostgresCluster) -> str:
+    asyncio.run(_create_database(postgres.url("postgres"), "taskapi_test"))
+    url = postgres.url("taskapi_test")
+    asyncio.run(db.migrate(make_settings(url)))
+    return url
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_database_url(postgres: PostgresCluster, pgbouncer: PgBouncer) -> str:
+    """A database of its own on the session cluster, reached through PgBouncer (migrated on
+    a direct connection, as DATABASE_DIRECT_URL does it)."""
+    asyncio.run(_create_database(postgres.url("postgres"), "taskapi_pooled"))
+    asyncio.run(db.migrate(make_settings(postgres.url("taskapi_pooled"))))
+    url = pgbouncer.url("taskapi_pooled")
+    POOLED_URLS.add(url)
+    return url
+
+
+@pytest.fixture(scope="session", params=database_kinds())
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A migrated database of each kind, shared by the tests (each starts from an empty table)."""
+    return str(request.getfixturevalue(f"{request.param}_database_url"))
 
 
 @pytest.fixture
@@ -272,6 +446,7 @@ def live_server(
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
+        "DB_POOLER": "transaction" if database_url in POOLED_URLS else "none",
         "BETTER_AUTH_SECRET": SECRET,
         "MIGRATE_ON_START": "false",
         "DATA_DIR": str(tmp_path),

@@ -1,7 +1,8 @@
 """Concurrency and robustness over a real server: uvicorn in its own process, real sockets.
 
 The live-server tests share one database whose table is not emptied for them, so every test
-works under its own user id.
+works under its own user id. They run through PgBouncer in transaction mode too (Neon's pooled
+URL): concurrent requests are what spread one client's statements over its server connections.
 """
 
 import asyncio
@@ -11,12 +12,18 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, database_kinds
 
 TIMEOUT = httpx.Timeout(30.0)
 TWO_MIB = 2 * 1024 * 1024
 Auth = Callable[..., dict[str, str]]
+
+
+@pytest.fixture(scope="module", params=database_kinds("pgbouncer"))
+def database_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_database_url"))
 
 
 def new_user() -> str:

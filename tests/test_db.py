@@ -4,7 +4,6 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from backend import db
@@ -35,11 +34,11 @@ async def test_waiting_requests_get_connections_in_arrival_order(database_url: s
         await database.dispose()
 
 
-async def test_no_free_connection_in_time_raises_pool_timeout(database_url: str) -> None:
+async def test_no_free_connection_in_time_is_unavailable(database_url: str) -> None:
     database = db.Database(make_settings(database_url, db_pool_size=1, db_pool_timeout=0.2))
     try:
         async with database.connect():
-            with pytest.raises(sa_exc.TimeoutError):
+            with pytest.raises(db.DatabaseUnavailable, match="DB_POOL_TIMEOUT"):
                 async with database.connect():
                     pass
         async with database.connect() as conn:  # the gate was not leaked by the timeout

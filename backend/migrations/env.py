@@ -1,5 +1,6 @@
-"""Alembic environment. The URL comes from Settings; the app and `taskapi migrate` hand in an open
-connection (already holding the migration lock, see db.migrate)."""
+"""Alembic environment. The app and `taskapi migrate` hand in an open connection (already holding
+the migration lock, see db.migrate); run on its own (`alembic revision --autogenerate`), it
+connects to DATABASE_DIRECT_URL, else DATABASE_URL, as db.migrate does."""
 
 import asyncio
 
