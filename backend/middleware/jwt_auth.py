@@ -24,7 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from backend.config import Settings
 from backend.errors import AuthRequired, Forbidden, TokenExpired, TokenInvalid
-from backend.middleware.jwks import ASYMMETRIC_ALGORITHMS, JwksCache
+from backend.middleware.jwks import ASYMMETRIC_ALGORITHMS, Clock, JwksCache
 from backend.models.task import USER_ID_MAX
 
 HS256 = "HS256"
@@ -48,25 +48,19 @@ class TokenVerifier:
     `kid`. Anything else — `none`, HS512, no `alg`, a path that is not configured — is refused.
     Never mixing the two in one decode call is what makes algorithm confusion impossible."""
 
-    def __init__(self, settings: Settings, *, jwks_min_refetch_seconds: float = 3.0) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self._hs256_key = settings.hs256_secret
         self._leeway = settings.jwt_leeway_seconds
         self._jwks: JwksCache | None = None
         if settings.jwks_url is not None:
             self._jwks = JwksCache(
-                settings.jwks_url,
-                cache_seconds=settings.jwks_cache_seconds,
-                min_refetch_seconds=jwks_min_refetch_seconds,
+                settings.jwks_url, cache_seconds=settings.jwks_cache_seconds, clock=clock
             )
         # Shared-secret tokens usually carry no iss/aud: checked only when configured explicitly.
         self._hs256_checks = _Checks(settings.jwt_issuer, settings.jwt_audience)
         # Better Auth's jwt plugin sets both to the origin of BETTER_AUTH_URL.
         origin = settings.better_auth_origin
         self._jwks_checks = _Checks(settings.jwt_issuer or origin, settings.jwt_audience or origin)
-
-    @property
-    def jwks(self) -> JwksCache | None:
-        return self._jwks
 
     async def aclose(self) -> None:
         if self._jwks is not None:
