@@ -39,7 +39,7 @@ from pydantic import SecretStr
 
 from backend import db
 from backend.middleware.jwks import MIN_REFETCH_SECONDS
-from backend.middleware.jwt_auth import TokenVerifier
+from backend.middleware.jwt_auth import HS256_NOT_CONFIGURED, TokenVerifier
 from tests.conftest import free_port, make_settings, running_app
 from tests.test_jwks import ManualClock, promptly, until
 
@@ -452,14 +452,16 @@ async def test_hs256_token_signed_with_the_shared_secret(
         task = ok(await svc.create_task(account.user_id, token, "hackathon"), 201)
         assert [t["id"] for t in ok(await svc.list_tasks(account.user_id, token))] == [task["id"]]
 
-    # JWKS only (no BETTER_AUTH_SECRET): an HS256 token is refused, without a JWKS fetch.
+    # JWKS only (no BETTER_AUTH_SECRET): an HS256 token is refused, saying what to set, without
+    # a JWKS fetch.
     async with better_auth_api(better_auth) as api:
         fetches_before = await api.jwks_requests()
         async with service(
             sqlite_url, better_auth_url=better_auth.origin, better_auth_secret=None
         ) as svc:
             assert svc.app.state.settings.hs256_secret is None
-            assert_error(await svc.list_tasks(account.user_id, token), 401, "TOKEN_INVALID")
+            response = await svc.list_tasks(account.user_id, token)
+            assert assert_error(response, 401, "TOKEN_INVALID")["detail"] == HS256_NOT_CONFIGURED
         assert await api.jwks_requests() == fetches_before
 
 
@@ -481,7 +483,8 @@ async def test_issuer_and_audience_must_be_the_configured_origin(
         account = await api.sign_up()
         token = await api.jwt(account)
 
-    # The keys are right (the JWKS is this server's), the expected iss/aud is another origin.
+    # The keys are right (the JWKS is this server's), the expected iss/aud is another origin:
+    # the detail names both, as a developer needs them to fix BETTER_AUTH_URL.
     elsewhere = f"http://127.0.0.1:{free_port()}"
     async with better_auth_api(better_auth) as api:
         fetches_before = await api.jwks_requests()
@@ -489,14 +492,20 @@ async def test_issuer_and_audience_must_be_the_configured_origin(
             sqlite_url, better_auth, better_auth_url=elsewhere, jwt_jwks_url=better_auth.jwks_url
         ) as svc:
             response = await svc.list_tasks(account.user_id, token)
-            assert "iss/aud" in assert_error(response, 401, "TOKEN_INVALID")["detail"]
+            assert assert_error(response, 401, "TOKEN_INVALID")["detail"] == (
+                f'The token\'s iss is "{better_auth.origin}" but this service expects '
+                f'"{elsewhere}" (from the origin of BETTER_AUTH_URL)'
+            )
         # The signature was checked against the real key first.
         assert await api.jwks_requests() == fetches_before + 1
 
     # The right issuer but an audience of someone else's.
     async with service(sqlite_url, better_auth, jwt_audience="https://api.example.com") as svc:
         response = await svc.list_tasks(account.user_id, token)
-        assert "iss/aud" in assert_error(response, 401, "TOKEN_INVALID")["detail"]
+        assert assert_error(response, 401, "TOKEN_INVALID")["detail"] == (
+            f'The token\'s aud is "{better_auth.origin}" but this service expects '
+            '"https://api.example.com" (from JWT_AUDIENCE)'
+        )
 
     # Control: the same token and JWKS URL with the right origin is accepted.
     async with service(sqlite_url, better_auth, jwt_jwks_url=better_auth.jwks_url) as svc:
@@ -582,7 +591,9 @@ async def test_token_from_another_better_auth_instance_is_refused(
                 401,
                 "TOKEN_INVALID",
             )
-            assert "key" in body["detail"]
+            assert body["detail"] == (
+                f"The token's signing key (its kid) is not in the JWKS at {first.jwks_url}"
+            )
             assert await api.jwks_requests() == fetches_before + 1  # it did look there
             # Another unknown kid right after: it waits for the next allowed fetch, looks again.
             other_request = asyncio.create_task(svc.list_tasks(other_account.user_id, other_token))

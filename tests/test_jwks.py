@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import string
 import threading
@@ -41,7 +42,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 from backend.config import Settings
 from backend.errors import AppError, ServiceUnavailable, TokenExpired, TokenInvalid
 from backend.middleware.jwks import FETCH_TIMEOUT_SECONDS, MIN_REFETCH_SECONDS, JwksCache
-from backend.middleware.jwt_auth import TokenVerifier
+from backend.middleware.jwt_auth import HS256_NOT_CONFIGURED, TokenVerifier
 from tests.conftest import SECRET, make_settings, running_app
 
 PrivateKey = (
@@ -612,10 +613,13 @@ async def test_hs256_without_a_secret_is_refused(
     key = new_key("ed25519")
     jwks_server.publish(key.jwk())
     verifier = make_verifier(better_auth_secret=None)
-    await assert_refused(verifier, jwt.encode(claims(None), SECRET, algorithm="HS256"))
-    await assert_refused(
-        verifier, jwt.encode(claims(jwks_server.origin), SECRET, algorithm="HS256")
-    )
+    for token in (
+        jwt.encode(claims(None), SECRET, algorithm="HS256"),
+        jwt.encode(claims(jwks_server.origin), SECRET, algorithm="HS256"),
+    ):
+        error = await refusal(verifier, token)
+        assert_error(error)
+        assert error.detail == HS256_NOT_CONFIGURED
     assert jwks_server.requests == 0
     assert await verified(verifier, key.sign(claims(jwks_server.origin))) == "alice"
 
@@ -628,7 +632,12 @@ async def test_asymmetric_token_without_a_jwks_is_refused(
     verifier = make_verifier(better_auth_url=None)
     for kind in ("ed25519", "p256", "p521", "rsa2048"):
         other = new_key(kind)
-        await assert_refused(verifier, other.sign(claims(jwks_server.origin)))
+        error = await refusal(verifier, other.sign(claims(jwks_server.origin)))
+        assert_error(error)
+        assert error.detail == (
+            f"The token is signed with {other.alg}, which needs Better Auth's JWKS on the "
+            "server: set BETTER_AUTH_URL (or JWT_JWKS_URL)"
+        )
     assert jwks_server.requests == 0
     token = jwt.encode(claims(None), SECRET, algorithm="HS256")
     assert await verified(verifier, token) == "alice"
@@ -1500,6 +1509,8 @@ async def test_claims_of_asymmetric_tokens(
     assert await verified(verifier, key.sign(claims(origin, exp=now - 1))) == "alice"
     await assert_refused(verifier, key.sign(claims(origin, nbf=now + 600)))
     assert await verified(verifier, key.sign(claims(origin, nbf=now + 10))) == "alice"
+    await assert_refused(verifier, key.sign(claims(origin, iat=now + 600)))
+    await assert_refused(verifier, key.sign(claims(origin, exp=str(now + 600))))
     await assert_refused(verifier, key.sign(claims(origin, exp=None)))
     for sub in (None, 123, "", ["alice"], {"id": "alice"}, True, "u" * 256, "a\x00b"):
         await assert_refused(verifier, key.sign(claims(origin, sub)))
@@ -1585,26 +1596,107 @@ async def test_e2e_unreachable_jwks_is_503(
         assert clock.sleeping == 0
 
 
-async def test_e2e_refused_asymmetric_tokens_are_401(
-    database_url: str, jwks_server: JwksServer, clock: ManualClock
+def _refused_tokens(key: Key, origin: str, user: str) -> list[tuple[str, str, str]]:
+    """(token, code, exact detail) of every refusal a JWKS-only service explains."""
+    port = origin.rsplit(":", 1)[1]
+    localhost = f"http://localhost:{port}"
+    expected = f'"{origin}" (from the origin of BETTER_AUTH_URL)'
+    hostile = "http://evil.example/\n" + "x" * 5000
+    now = int(time.time())
+    payload = claims(origin, user)
+    return [
+        (  # first: the first fetch is allowed at once (later it would wait for the interval)
+            key.sign(payload, kid=new_kid()),
+            "TOKEN_INVALID",
+            f"The token's signing key (its kid) is not in the JWKS at {origin}{JWKS_PATH}",
+        ),
+        (
+            jwt.encode(claims(None, user), SECRET, algorithm="HS256"),
+            "TOKEN_INVALID",
+            "The token is signed with HS256, which needs BETTER_AUTH_SECRET on the server; "
+            "this service is configured for Better Auth's JWKS (asymmetric tokens) only",
+        ),
+        (  # the frontend on localhost, BETTER_AUTH_URL on 127.0.0.1
+            key.sign(claims(origin, user, iss=localhost)),
+            "TOKEN_INVALID",
+            f'The token\'s iss is "{localhost}" but this service expects {expected}',
+        ),
+        (
+            key.sign(claims(origin, user, aud=localhost)),
+            "TOKEN_INVALID",
+            f'The token\'s aud is "{localhost}" but this service expects {expected}',
+        ),
+        (  # quoted back cut short, its line break escaped
+            key.sign(claims(origin, user, iss=hostile)),
+            "TOKEN_INVALID",
+            f"The token's iss is \"http://evil.example/\\n{'x' * 76}… but this service "
+            f"expects {expected}",
+        ),
+        (  # C1 control and bidi override escaped
+            key.sign(claims(origin, user, aud=["a\u202eb\x85c"])),
+            "TOKEN_INVALID",
+            f'The token\'s aud is ["a\\u202eb\\x85c"] but this service expects {expected}',
+        ),
+        (
+            key.sign(claims(origin, user, iss=None)),
+            "TOKEN_INVALID",
+            f"The token has no iss claim; this service expects {expected}",
+        ),
+        (
+            forge({"alg": "EdDSA"}, payload, signer("EdDSA", key.private)),
+            "TOKEN_INVALID",
+            "The token names no signing key (kid)",
+        ),
+        (
+            forge({"alg": "none", "kid": key.kid}, payload, None),
+            "TOKEN_INVALID",
+            'The token\'s signing algorithm "none" is not accepted '
+            "(accepted: HS256, EdDSA, ES256, ES512, PS256, RS256)",
+        ),
+        (
+            key.sign(claims(origin, user, exp=now - 120)),
+            "TOKEN_EXPIRED",
+            "The bearer token has expired",
+        ),
+        (
+            key.sign(claims(origin, user, exp=str(now + 600))),
+            "TOKEN_INVALID",
+            "The token's exp claim must be a number (seconds since 1970-01-01 UTC), not a string",
+        ),
+        (
+            key.sign(claims(origin, 12345)),
+            "TOKEN_INVALID",
+            "The token's sub claim must be a string (the user id), not a number",
+        ),
+    ]
+
+
+async def test_e2e_refusals_say_what_to_fix_and_are_logged(
+    database_url: str,
+    jwks_server: JwksServer,
+    clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     key = new_key("ed25519")
     jwks_server.publish(key.jwk())
     user = f"user-{uuid.uuid4().hex}"
-    origin, now = jwks_server.origin, int(time.time())
-    cases = {  # the unknown kid first: later it would wait out the refetch interval
-        "unknown-kid": (key.sign(claims(origin, user), kid=new_kid()), "TOKEN_INVALID"),
-        "wrong-aud": (key.sign(claims(origin, user, aud="https://evil.example")), "TOKEN_INVALID"),
-        "expired": (key.sign(claims(origin, user, exp=now - 120)), "TOKEN_EXPIRED"),
-        "hs256": (jwt.encode(claims(None, user), SECRET, algorithm="HS256"), "TOKEN_INVALID"),
-    }
+    cases = _refused_tokens(key, jwks_server.origin, user)
+    caplog.set_level(logging.INFO, logger="backend.auth")
     async with jwks_app(_jwks_settings(database_url, jwks_server), clock) as http:
-        outcomes = {}
-        for name, (token, _) in cases.items():
+        for token, code, detail in cases:
+            caplog.clear()
             response = await promptly(http.get(f"/api/{user}/tasks", headers=bearer(token)))
-            outcomes[name] = (response.status_code, response.json()["code"])
+            assert (response.status_code, response.json()) == (
+                401,
+                {"detail": detail, "code": code},
+            )
             assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
-    assert outcomes == {name: (401, code) for name, (_, code) in cases.items()}
+            logged = [r for r in caplog.records if r.name == "backend.auth"]
+            assert [(r.levelno, r.getMessage()) for r in logged] == [
+                (logging.INFO, f"GET /api/{user}/tasks refused: 401 {code}: {detail}")
+            ]
+            assert token not in caplog.text
+            assert all(token not in repr(r.__dict__) for r in caplog.records)
     assert jwks_server.requests == 1
 
 
@@ -1621,4 +1713,7 @@ async def test_e2e_alg_that_is_not_a_string_is_401(
     )
     async with jwks_app(_jwks_settings(database_url, jwks_server), clock) as http:
         response = await promptly(http.get(f"/api/{user}/tasks", headers=bearer(token)))
-    assert (response.status_code, response.json()["code"]) == (401, "TOKEN_INVALID")
+    assert (response.status_code, response.json()) == (
+        401,
+        {"detail": "The token's header names no signing algorithm (alg)", "code": "TOKEN_INVALID"},
+    )

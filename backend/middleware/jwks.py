@@ -120,7 +120,9 @@ class JwksCache:
         if not candidates:
             if kid not in self._keys and self._failed:
                 raise ServiceUnavailable(UNAVAILABLE_DETAIL)
-            raise TokenInvalid("The token is signed with a key this service does not know")
+            raise TokenInvalid(
+                f"The token's signing key (its kid) is not in the JWKS at {self.url}"
+            )
         if len(candidates) > 1:
             raise TokenInvalid("The token's key id names more than one key")
         return self._build(kid, alg, candidates[0])
