@@ -359,6 +359,14 @@ async def test_times_that_are_not_finite_are_refused(
     assert body["detail"] == f"The token's {name} claim {NUMBER} {json.dumps(value)}"
 
 
+async def test_times_far_beyond_a_float_are_numbers(client: httpx.AsyncClient) -> None:
+    # A JSON integer of 4000 digits is a number (and a time that never comes): never a 500.
+    for claims, status in (({"exp": 10**3999}, 200), ({"nbf": 10**3999}, 401)):
+        token = _hand_made({"alg": "HS256"}, _claims(**claims), SECRET.encode(), hashlib.sha256)
+        response = await client.get(LIST, headers=bearer(token))
+        assert response.status_code == status, response.text
+
+
 async def test_fractional_times_are_accepted(client: httpx.AsyncClient, auth: Auth) -> None:
     now = time.time()
     response = await client.get(LIST, headers=auth("alice", iat=now, nbf=now, exp=now + 600.5))

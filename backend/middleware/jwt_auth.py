@@ -227,7 +227,10 @@ def _subject(sub: Any) -> str:
 
 
 def _is_numeric_date(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    # Any JSON integer, however long (math.isfinite would overflow on a 400-digit one).
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _json_type(value: Any) -> str:
