@@ -7,7 +7,10 @@ fetches Better Auth's JWKS over real HTTP.
 
 One Better Auth server per algorithm serves the module (the main flow, on both databases, and
 the cheap checks, on a SQLite file of the module's own); the tests that need a server of their
-own (short-lived tokens, rotation, another instance, a server that stops) start it themselves.
+own (expired tokens, rotation, another instance, a server that stops) start it themselves.
+The service's JWKS fetches are counted by the Better Auth server itself, and where the refetch
+throttle matters the service's JWKS cache runs on a ManualClock (tests/test_jwks.py): the test
+says when the refetch interval is over instead of waiting for it and polling.
 Without node or the installed node_modules (`make interop`) the module is skipped, or fails
 when CI is set.
 """
@@ -35,7 +38,10 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from backend import db
+from backend.middleware.jwks import MIN_REFETCH_SECONDS
+from backend.middleware.jwt_auth import HS256_NOT_CONFIGURED, TokenVerifier
 from tests.conftest import free_port, make_settings, running_app
+from tests.test_jwks import ManualClock, promptly, until
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "interop" / "better-auth"
 ALGORITHMS = ("EdDSA", "ES256", "ES512", "RS256", "PS256")
@@ -92,7 +98,7 @@ class BetterAuth:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=5)
+                self.process.wait(timeout=15)  # it exits within milliseconds, even on a busy box
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
@@ -281,6 +287,13 @@ class BetterAuthApi:
         assert response.status_code == 200, response.text
         return {key["kid"] for key in response.json()["keys"]}
 
+    async def jwks_requests(self) -> int:
+        """How many times /api/auth/jwks has been requested, by anyone, so far."""
+        response = await self.http.get("/test/jwks-requests")
+        assert response.status_code == 200, response.text
+        count: int = response.json()["count"]
+        return count
+
 
 @asynccontextmanager
 async def better_auth_api(server: BetterAuth) -> AsyncIterator[BetterAuthApi]:
@@ -320,11 +333,6 @@ class Service:
             f"/api/{quote(user_id, safe='')}/tasks", json={"title": title}, headers=bearer(token)
         )
 
-    @property
-    def jwks_fetches(self) -> int:
-        jwks = self.app.state.verifier.jwks
-        return 0 if jwks is None else int(jwks.fetches)
-
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
@@ -332,9 +340,15 @@ def bearer(token: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def service(
-    database_url: str, server: BetterAuth | None = None, **overrides: Any
+    database_url: str,
+    server: BetterAuth | None = None,
+    *,
+    clock: ManualClock | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Service]:
-    """The app configured for `server` (its origin and secret), overridable, driven in-process."""
+    """The app configured for `server` (its origin and secret), overridable, driven in-process;
+    with `clock`, its JWKS cache runs on that clock (its verifier is replaced before any
+    request)."""
     values: dict[str, Any] = {}
     if server is not None:
         values = {
@@ -342,7 +356,11 @@ async def service(
             "better_auth_secret": SecretStr(server.secret),
         }
     values.update(overrides)
-    async with running_app(make_settings(database_url, **values)) as (app, http):
+    settings = make_settings(database_url, **values)
+    async with running_app(settings) as (app, http):
+        if clock is not None:
+            await app.state.verifier.aclose()
+            app.state.verifier = TokenVerifier(settings, clock=clock)
         yield Service(app=app, http=http)
 
 
@@ -434,13 +452,17 @@ async def test_hs256_token_signed_with_the_shared_secret(
         task = ok(await svc.create_task(account.user_id, token, "hackathon"), 201)
         assert [t["id"] for t in ok(await svc.list_tasks(account.user_id, token))] == [task["id"]]
 
-    # JWKS only (no BETTER_AUTH_SECRET): an HS256 token is refused, without a JWKS fetch.
-    async with service(
-        sqlite_url, better_auth_url=better_auth.origin, better_auth_secret=None
-    ) as svc:
-        assert svc.app.state.settings.hs256_secret is None
-        assert_error(await svc.list_tasks(account.user_id, token), 401, "TOKEN_INVALID")
-        assert svc.jwks_fetches == 0
+    # JWKS only (no BETTER_AUTH_SECRET): an HS256 token is refused, saying what to set, without
+    # a JWKS fetch.
+    async with better_auth_api(better_auth) as api:
+        fetches_before = await api.jwks_requests()
+        async with service(
+            sqlite_url, better_auth_url=better_auth.origin, better_auth_secret=None
+        ) as svc:
+            assert svc.app.state.settings.hs256_secret is None
+            response = await svc.list_tasks(account.user_id, token)
+            assert assert_error(response, 401, "TOKEN_INVALID")["detail"] == HS256_NOT_CONFIGURED
+        assert await api.jwks_requests() == fetches_before
 
 
 async def test_opaque_session_token_is_refused_with_a_hint(
@@ -461,19 +483,29 @@ async def test_issuer_and_audience_must_be_the_configured_origin(
         account = await api.sign_up()
         token = await api.jwt(account)
 
-    # The keys are right (the JWKS is this server's), the expected iss/aud is another origin.
+    # The keys are right (the JWKS is this server's), the expected iss/aud is another origin:
+    # the detail names both, as a developer needs them to fix BETTER_AUTH_URL.
     elsewhere = f"http://127.0.0.1:{free_port()}"
-    async with service(
-        sqlite_url, better_auth, better_auth_url=elsewhere, jwt_jwks_url=better_auth.jwks_url
-    ) as svc:
-        body = assert_error(await svc.list_tasks(account.user_id, token), 401, "TOKEN_INVALID")
-        assert "iss/aud" in body["detail"]
-        assert svc.jwks_fetches == 1  # the signature was checked against the real key
+    async with better_auth_api(better_auth) as api:
+        fetches_before = await api.jwks_requests()
+        async with service(
+            sqlite_url, better_auth, better_auth_url=elsewhere, jwt_jwks_url=better_auth.jwks_url
+        ) as svc:
+            response = await svc.list_tasks(account.user_id, token)
+            assert assert_error(response, 401, "TOKEN_INVALID")["detail"] == (
+                f'The token\'s iss is "{better_auth.origin}" but this service expects '
+                f'"{elsewhere}" (from the origin of BETTER_AUTH_URL)'
+            )
+        # The signature was checked against the real key first.
+        assert await api.jwks_requests() == fetches_before + 1
 
     # The right issuer but an audience of someone else's.
     async with service(sqlite_url, better_auth, jwt_audience="https://api.example.com") as svc:
-        body = assert_error(await svc.list_tasks(account.user_id, token), 401, "TOKEN_INVALID")
-        assert "iss/aud" in body["detail"]
+        response = await svc.list_tasks(account.user_id, token)
+        assert assert_error(response, 401, "TOKEN_INVALID")["detail"] == (
+            f'The token\'s aud is "{better_auth.origin}" but this service expects '
+            '"https://api.example.com" (from JWT_AUDIENCE)'
+        )
 
     # Control: the same token and JWKS URL with the right origin is accepted.
     async with service(sqlite_url, better_auth, jwt_jwks_url=better_auth.jwks_url) as svc:
@@ -488,8 +520,12 @@ async def test_issuer_and_audience_must_be_the_configured_origin(
 async def test_rotated_key_is_picked_up_and_the_old_one_still_works(
     tmp_path: Path, sqlite_url: str
 ) -> None:
+    clock = ManualClock()
     with running_better_auth(tmp_path, "RS256") as server:
-        async with better_auth_api(server) as api, service(sqlite_url, server) as svc:
+        async with (
+            better_auth_api(server) as api,
+            service(sqlite_url, server, clock=clock) as svc,
+        ):
             account = await api.sign_up()
             t1 = await api.jwt(account)
             assert ok(await svc.list_tasks(account.user_id, t1)) == []  # caches the JWKS
@@ -501,22 +537,21 @@ async def test_rotated_key_is_picked_up_and_the_old_one_still_works(
             assert header(t2)["kid"] == rotation.kid
             assert header(t2)["alg"] == "RS256"
 
-            # The unknown kid makes the verifier refetch (throttled to one fetch per 5 s).
-            started = time.monotonic()
-            while True:
-                response = await svc.list_tasks(account.user_id, t2)
-                if response.status_code == 200 or time.monotonic() - started > 12:
-                    break
-                assert_error(response, 401, "TOKEN_INVALID")
-                await asyncio.sleep(0.25)
-            assert response.status_code == 200, response.text
-            assert time.monotonic() - started < 12
+            # The unknown kid makes the verifier refetch, as soon as the throttle allows: the
+            # request waits for that (on the service's clock), then succeeds.
+            fetches_before = await api.jwks_requests()
+            rotated = asyncio.create_task(svc.list_tasks(account.user_id, t2))
+            await until(lambda: clock.sleeping == 1, "the request waits for the next fetch")
+            clock.advance(MIN_REFETCH_SECONDS)
+            ok(await promptly(rotated))
+            assert await api.jwks_requests() == fetches_before + 1
             assert ok(await svc.create_task(account.user_id, t2, "after rotation"), 201)
 
             # The retired key stays in the JWKS for the grace period: T1 still works.
             assert [t["title"] for t in ok(await svc.list_tasks(account.user_id, t1))] == [
                 "after rotation"
             ]
+            assert await api.jwks_requests() == fetches_before + 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,17 +583,27 @@ async def test_token_from_another_better_auth_instance_is_refused(
             genuine_account = await api.sign_up()
             genuine = await api.jwt(genuine_account)
 
-        async with service(sqlite_url, first) as svc:
+        clock = ManualClock()
+        async with better_auth_api(first) as api, service(sqlite_url, first, clock=clock) as svc:
+            fetches_before = await api.jwks_requests()
             body = assert_error(
-                await svc.list_tasks(account.user_id, impostor_token), 401, "TOKEN_INVALID"
+                await promptly(svc.list_tasks(account.user_id, impostor_token)),
+                401,
+                "TOKEN_INVALID",
             )
-            assert "key" in body["detail"]
-            assert svc.jwks_fetches == 1  # it did look in the first server's JWKS
-            assert_error(
-                await svc.list_tasks(other_account.user_id, other_token), 401, "TOKEN_INVALID"
+            assert body["detail"] == (
+                f"The token's signing key (its kid) is not in the JWKS at {first.jwks_url}"
             )
-            # Control: the first server's own token is accepted by the same app.
-            assert ok(await svc.list_tasks(genuine_account.user_id, genuine)) == []
+            assert await api.jwks_requests() == fetches_before + 1  # it did look there
+            # Another unknown kid right after: it waits for the next allowed fetch, looks again.
+            other_request = asyncio.create_task(svc.list_tasks(other_account.user_id, other_token))
+            await until(lambda: clock.sleeping == 1, "the request waits for the next fetch")
+            clock.advance(MIN_REFETCH_SECONDS)
+            assert_error(await promptly(other_request), 401, "TOKEN_INVALID")
+            assert await api.jwks_requests() == fetches_before + 2
+            # Control: the first server's own token is accepted by the same app, from the cache.
+            assert ok(await promptly(svc.list_tasks(genuine_account.user_id, genuine))) == []
+            assert await api.jwks_requests() == fetches_before + 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,20 +612,24 @@ async def test_token_from_another_better_auth_instance_is_refused(
 
 
 async def test_expired_better_auth_token(tmp_path: Path, sqlite_url: str) -> None:
-    with running_better_auth(tmp_path, "ES256", JWT_EXPIRES="2") as server:
+    # A lifetime of zero: the token is expired the moment it is issued (exp == iat, in whole
+    # seconds, never after now), so no test waits for it to expire, or races its expiry.
+    with running_better_auth(tmp_path, "ES256", JWT_EXPIRES="0") as server:
         async with better_auth_api(server) as api:
             account = await api.sign_up()
             token = await api.jwt(account)
         payload = claims(token)
-        assert payload["exp"] - payload["iat"] == 2
+        assert payload["exp"] == payload["iat"]
+        assert payload["exp"] <= time.time()
 
-        async with service(sqlite_url, server, jwt_leeway_seconds=0) as svc:
+        # Otherwise valid: accepted within a leeway of 60 s (it expired a moment ago)...
+        async with service(sqlite_url, server, jwt_leeway_seconds=60) as svc:
             assert ok(await svc.list_tasks(account.user_id, token)) == []
-            wait = payload["exp"] - time.time() + 0.3
-            assert wait < 5, "the token lives longer than JWT_EXPIRES said"
-            await asyncio.sleep(max(wait, 0))
+        # ...and expired without one.
+        async with service(sqlite_url, server, jwt_leeway_seconds=0) as svc:
             response = await svc.list_tasks(account.user_id, token)
-            assert_error(response, 401, "TOKEN_EXPIRED")
+            body = assert_error(response, 401, "TOKEN_EXPIRED")
+            assert body["detail"] == "The bearer token has expired"
             assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
@@ -592,8 +641,12 @@ async def test_expired_better_auth_token(tmp_path: Path, sqlite_url: str) -> Non
 async def test_better_auth_down_cached_keys_work_unknown_keys_get_503(
     tmp_path: Path, sqlite_url: str
 ) -> None:
+    clock = ManualClock()
     with running_better_auth(tmp_path, "ES512") as server:
-        async with better_auth_api(server) as api, service(sqlite_url, server) as svc:
+        async with (
+            better_auth_api(server) as api,
+            service(sqlite_url, server, clock=clock) as svc,
+        ):
             account = await api.sign_up()
             t1 = await api.jwt(account)
             assert ok(await svc.list_tasks(account.user_id, t1)) == []  # caches the JWKS
@@ -602,25 +655,31 @@ async def test_better_auth_down_cached_keys_work_unknown_keys_get_503(
             assert header(t2)["kid"] != header(t1)["kid"]
 
             server.stop()
-            stopped = time.monotonic()
             assert server.process.returncode == 0, server.log_text()
 
-            assert ok(await svc.list_tasks(account.user_id, t1)) == []  # the cached key serves
+            assert ok(await promptly(svc.list_tasks(account.user_id, t1))) == []  # cached
 
-            statuses: list[int] = []
-            while True:
-                response = await svc.list_tasks(account.user_id, t2)
-                statuses.append(response.status_code)
-                assert response.status_code in (401, 503), response.text  # never a 500
-                if response.status_code == 503 or time.monotonic() - stopped > 8:
-                    break
-                assert_error(response, 401, "TOKEN_INVALID")  # only while the refetch waits
-                await asyncio.sleep(0.2)
-            elapsed = time.monotonic() - stopped
+            # The new kid, right after the last fetch: it waits for the next allowed one, which
+            # finds Better Auth gone: 503, never a 500.
+            pending = asyncio.create_task(svc.list_tasks(account.user_id, t2))
+            await until(lambda: clock.sleeping == 1, "the request waits for the next fetch")
+            clock.advance(MIN_REFETCH_SECONDS)
+            response = await promptly(pending)
+            body = assert_error(response, 503, "SERVICE_UNAVAILABLE")
+            assert (
+                body["detail"]
+                == "The signing keys cannot be fetched from the auth server right now"
+            )
+            assert response.headers["retry-after"] == "1"
+
+            # Known to be down: the same request is answered at once (nobody waits for the
+            # clock), and the cached key still serves.
+            for _ in range(3):
+                response = await promptly(svc.list_tasks(account.user_id, t2))
+                assert_error(response, 503, "SERVICE_UNAVAILABLE")
+            assert clock.sleeping == 0
+            assert ok(await promptly(svc.list_tasks(account.user_id, t1))) == []
+            # After the interval, one request tries again, and still gets a 503.
+            clock.advance(MIN_REFETCH_SECONDS)
+            response = await promptly(svc.list_tasks(account.user_id, t2))
             assert_error(response, 503, "SERVICE_UNAVAILABLE")
-            assert response.headers.get("retry-after"), response.headers
-            assert elapsed < 6, (elapsed, statuses)
-
-            # Still no 500, and the cached key still serves after the failed fetch.
-            assert ok(await svc.list_tasks(account.user_id, t1)) == []
-            assert (await svc.list_tasks(account.user_id, t2)).status_code in (401, 503)

@@ -8,32 +8,64 @@ Flow for every route under /api/{user_id}/…:
        string are ignored)
      - a token that fails verification            → 401 TOKEN_INVALID / TOKEN_EXPIRED
      - the token's `sub` ≠ the path's `{user_id}` → 403 FORBIDDEN
+     Every refusal is logged at INFO on "backend.auth" with its reason; the token never is.
   2. `CurrentUser` hands the verified user id to the handler, and documents the bearer scheme
      in OpenAPI (the Authorize button of /docs).
 
 Tokens (see TokenVerifier): HS256 signed with BETTER_AUTH_SECRET, or Better Auth's jwt-plugin
-tokens verified with its JWKS (middleware/jwks.py). `exp` and `sub` required, `nbf` honoured,
-bounded leeway, `iss`/`aud` checked when configured or known. Tokens are never logged.
+tokens verified with its JWKS (middleware/jwks.py). The signature first, then the claims:
+`exp` and `sub` required, `exp`/`nbf`/`iat` numbers, bounded leeway, `iss`/`aud` checked when
+configured or known. A refusal says which claim or which setting is wrong.
 """
 
-from typing import Annotated, Any
+import json
+import logging
+import math
+import time
+from typing import Annotated, Any, NamedTuple
 
 import jwt
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from backend.config import Settings
-from backend.errors import AuthRequired, Forbidden, TokenExpired, TokenInvalid
-from backend.middleware.jwks import ASYMMETRIC_ALGORITHMS, JwksCache
-from backend.models.task import USER_ID_MAX
+from backend.errors import AppError, AuthError, AuthRequired, Forbidden, TokenExpired, TokenInvalid
+from backend.middleware.jwks import ASYMMETRIC_ALGORITHMS, Clock, JwksCache
+from backend.models.task import CONTROL_CHARACTER, USER_ID_MAX
+
+logger = logging.getLogger("backend.auth")
 
 HS256 = "HS256"
 MAX_TOKEN_BYTES = 8192  # Better Auth's tokens are well under 2 KiB; refuse before any parsing
-_CONTROL = {chr(c) for c in range(0x20)} | {"\x7f"}
+MAX_SHOWN = 100  # characters of a token's own value quoted back in a detail or a log line
+ACCEPTED_ALGORITHMS = ", ".join([HS256, *sorted(ASYMMETRIC_ALGORITHMS, key=str.lower)])
 NOT_A_JWT_DETAIL = (
     "The bearer token is not a JWT. A Better Auth session token cannot be verified here: "
     "send the JWT that Better Auth's jwt plugin serves at /api/auth/token"
 )
+HS256_NOT_CONFIGURED = (
+    "The token is signed with HS256, which needs BETTER_AUTH_SECRET on the server; this "
+    "service is configured for Better Auth's JWKS (asymmetric tokens) only"
+)
+# PyJWT checks only the signature: it reads `exp`/`nbf`/`iat` with int() (so "1700000000" and
+# true pass), reports a future `iat` as an immature token, and its errors do not carry the
+# values a useful message needs. The claims are checked below instead (_checked_subject).
+SIGNATURE_ONLY: Any = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_iss": False,
+    "verify_aud": False,
+    "verify_sub": False,
+    "verify_jti": False,
+    "require": [],
+}
+_MISSING = {
+    "exp": "The token has no exp claim: it must say when it expires",
+    "sub": "The token has no sub claim: it must name the user (their id)",
+}
+_JSON_TYPES = {str: "a string", bool: "a boolean", list: "an array", dict: "an object"}
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -48,25 +80,24 @@ class TokenVerifier:
     `kid`. Anything else — `none`, HS512, no `alg`, a path that is not configured — is refused.
     Never mixing the two in one decode call is what makes algorithm confusion impossible."""
 
-    def __init__(self, settings: Settings, *, jwks_min_refetch_seconds: float = 3.0) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self._hs256_key = settings.hs256_secret
         self._leeway = settings.jwt_leeway_seconds
         self._jwks: JwksCache | None = None
         if settings.jwks_url is not None:
             self._jwks = JwksCache(
-                settings.jwks_url,
-                cache_seconds=settings.jwks_cache_seconds,
-                min_refetch_seconds=jwks_min_refetch_seconds,
+                settings.jwks_url, cache_seconds=settings.jwks_cache_seconds, clock=clock
             )
         # Shared-secret tokens usually carry no iss/aud: checked only when configured explicitly.
-        self._hs256_checks = _Checks(settings.jwt_issuer, settings.jwt_audience)
+        issuer = _Expected(settings.jwt_issuer, "JWT_ISSUER")
+        audience = _Expected(settings.jwt_audience, "JWT_AUDIENCE")
+        self._hs256_checks = _Checks(issuer, audience)
         # Better Auth's jwt plugin sets both to the origin of BETTER_AUTH_URL.
-        origin = settings.better_auth_origin
-        self._jwks_checks = _Checks(settings.jwt_issuer or origin, settings.jwt_audience or origin)
-
-    @property
-    def jwks(self) -> JwksCache | None:
-        return self._jwks
+        origin = _Expected(settings.better_auth_origin, "the origin of BETTER_AUTH_URL")
+        self._jwks_checks = _Checks(
+            issuer if issuer.value is not None else origin,
+            audience if audience.value is not None else origin,
+        )
 
     async def aclose(self) -> None:
         if self._jwks is not None:
@@ -84,69 +115,170 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise TokenInvalid("The bearer token is malformed") from None
         alg = header.get("alg")
-        if not isinstance(alg, str):
-            raise TokenInvalid("The token's signing algorithm is not accepted")
+        if not isinstance(alg, str) or not alg:
+            raise TokenInvalid("The token's header names no signing algorithm (alg)")
         key: Any
-        if alg == HS256 and self._hs256_key is not None:
+        if alg == HS256:
+            if self._hs256_key is None:
+                raise TokenInvalid(HS256_NOT_CONFIGURED)
             key, checks = self._hs256_key, self._hs256_checks
-        elif alg in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
+        elif alg in ASYMMETRIC_ALGORITHMS:
+            if self._jwks is None:
+                raise TokenInvalid(
+                    f"The token is signed with {alg}, which needs Better Auth's JWKS on the "
+                    "server: set BETTER_AUTH_URL (or JWT_JWKS_URL)"
+                )
             kid = header.get("kid")
             if not isinstance(kid, str) or not kid:
                 raise TokenInvalid("The token names no signing key (kid)")
             key, checks = await self._jwks.key(kid, alg), self._jwks_checks
         else:
-            raise TokenInvalid("The token's signing algorithm is not accepted")
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                options=checks.options,
-                leeway=self._leeway,
-                issuer=checks.issuer,
-                audience=checks.audience,
+            raise TokenInvalid(
+                f"The token's signing algorithm {_shown(alg)} is not accepted "
+                f"(accepted: {ACCEPTED_ALGORITHMS})"
             )
-        except jwt.ExpiredSignatureError:
-            raise TokenExpired() from None
-        except jwt.ImmatureSignatureError:
-            raise TokenInvalid("The bearer token is not valid yet (nbf)") from None
+        try:
+            claims = jwt.decode(token, key, algorithms=[alg], options=SIGNATURE_ONLY)
         except jwt.InvalidSignatureError:
             raise TokenInvalid("The bearer token's signature does not verify") from None
-        except (jwt.InvalidIssuerError, jwt.InvalidAudienceError):
-            raise TokenInvalid("The token was issued by or for someone else (iss/aud)") from None
         except (jwt.PyJWTError, ValueError, TypeError):
-            raise TokenInvalid() from None
-        return _subject(claims)
+            raise TokenInvalid("The bearer token is malformed") from None
+        return _checked_subject(claims, checks, self._leeway)
 
 
-class _Checks:
-    def __init__(self, issuer: str | None, audience: str | None) -> None:
-        self.issuer = issuer
-        self.audience = audience
-        required = ["exp", "sub"]
-        if issuer is not None:
-            required.append("iss")
-        if audience is not None:
-            required.append("aud")
-        # An `aud` nobody configured here is not checked (PyJWT would refuse every token that
-        # carries one).
-        self.options: Any = {"require": required, "verify_aud": audience is not None}
+class _Expected(NamedTuple):
+    value: str | None  # None: not checked
+    source: str  # where the value comes from, for the message
 
 
-def _subject(claims: dict[str, Any]) -> str:
-    sub = claims.get("sub")
-    if (
-        not isinstance(sub, str)
-        or not sub
-        or len(sub) > USER_ID_MAX
-        or not _CONTROL.isdisjoint(sub)
-    ):
-        raise TokenInvalid("The token's sub claim must be a user id string")
+class _Checks(NamedTuple):
+    issuer: _Expected
+    audience: _Expected
+
+
+def _checked_subject(claims: dict[str, Any], checks: _Checks, leeway: float) -> str:
+    """The signature is valid: check the claims, each refusal naming the claim at fault."""
+    for name, message in _MISSING.items():
+        if claims.get(name) is None:
+            raise TokenInvalid(message)
+    for name, expected in (("iss", checks.issuer), ("aud", checks.audience)):
+        if expected.value is not None and claims.get(name) is None:
+            raise TokenInvalid(
+                f"The token has no {name} claim; this service expects {_shown(expected.value)} "
+                f"(from {expected.source})"
+            )
+    for name in ("exp", "nbf", "iat"):
+        if name in claims and not _is_numeric_date(claims[name]):
+            raise TokenInvalid(
+                f"The token's {name} claim must be a number (seconds since 1970-01-01 UTC), "
+                f"not {_json_type(claims[name])}"
+            )
+    now = time.time()
+    if claims["exp"] <= now - leeway:
+        raise TokenExpired()
+    if claims.get("nbf", now) > now + leeway:
+        raise TokenInvalid("The bearer token is not valid yet (its nbf is in the future)")
+    # A token issued in the future means the auth server's clock is ahead of this one by more
+    # than the leeway — and then its tokens live longer here than it meant. Refused (as PyJWT
+    # does), with a message that points at the clocks.
+    if claims.get("iat", now) > now + leeway:
+        raise TokenInvalid(
+            "The token's iat (issued at) is in the future: the clocks of the auth server and "
+            "of this service disagree"
+        )
+    issuer, audience = checks
+    if issuer.value is not None and claims["iss"] != issuer.value:
+        raise _mismatch("iss", claims["iss"], issuer)
+    if audience.value is not None and not _has_audience(claims["aud"], audience.value):
+        raise _mismatch("aud", claims["aud"], audience)
+    return _subject(claims["sub"])
+
+
+def _mismatch(name: str, received: Any, expected: _Expected) -> TokenInvalid:
+    # Both values are public (the token's holder has one, the auth server's URL is the other):
+    # a frontend on localhost against BETTER_AUTH_URL=http://127.0.0.1… is found at a glance.
+    return TokenInvalid(
+        f"The token's {name} is {_shown(received)} but this service expects "
+        f"{_shown(expected.value)} (from {expected.source})"
+    )
+
+
+def _has_audience(aud: Any, expected: str) -> bool:
+    audiences = [aud] if isinstance(aud, str) else aud
+    return (
+        isinstance(audiences, list)
+        and all(isinstance(a, str) for a in audiences)
+        and expected in audiences
+    )
+
+
+def _subject(sub: Any) -> str:
+    if not isinstance(sub, str):
+        raise TokenInvalid(
+            f"The token's sub claim must be a string (the user id), not {_json_type(sub)}"
+        )
+    if not sub:
+        raise TokenInvalid("The token's sub claim is empty")
+    if len(sub) > USER_ID_MAX:
+        raise TokenInvalid(f"The token's sub claim is longer than {USER_ID_MAX} characters")
+    if CONTROL_CHARACTER.search(sub):
+        raise TokenInvalid("The token's sub claim contains a control character")
     return sub
+
+
+def _is_numeric_date(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    # Any JSON integer, however long (math.isfinite would overflow on a 400-digit one).
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # NaN, Infinity: Python's JSON reader accepts them
+    return _JSON_TYPES.get(type(value), "a number")
+
+
+def _shown(value: Any) -> str:
+    """A value from a token, fit to quote in a response or a log line: as JSON, with anything
+    unprintable escaped and cut short."""
+    return _printable(json.dumps(value, ensure_ascii=False))
+
+
+def _printable(text: str) -> str:
+    # No line breaks, no control characters, no bidi or zero-width tricks in a log line; and
+    # no novel from a hostile token.
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
+
+
+def _refused(request: Request, refusal: AppError, reason: str) -> None:
+    path = _printable(request.scope["path"])  # as routed: percent-decoded, so escaped
+    logger.info(
+        "%s %s refused: %d %s: %s", request.method, path, refusal.status_code, refusal.code, reason
+    )
 
 
 async def authenticate(request: Request) -> str:
     """Verify the bearer token and that it belongs to the path's user; return the user id."""
+    try:
+        user_id = await _bearer_user(request)
+    except AuthError as refusal:
+        _refused(request, refusal, refusal.detail)
+        raise
+    path_user = request.path_params.get("user_id")
+    if path_user != user_id:
+        forbidden = Forbidden()
+        reason = f"the token's sub {_shown(user_id)} is not the path's user {_shown(path_user)}"
+        _refused(request, forbidden, reason)
+        raise forbidden
+    request.state.user_id = user_id
+    return user_id
+
+
+async def _bearer_user(request: Request) -> str:
     header = request.headers.get("authorization")
     if not header:
         raise AuthRequired()
@@ -157,11 +289,7 @@ async def authenticate(request: Request) -> str:
     if not token:
         raise TokenInvalid("The bearer token is empty")
     verifier: TokenVerifier = request.app.state.verifier
-    user_id = await verifier.verify(token)
-    if request.path_params.get("user_id") != user_id:
-        raise Forbidden()
-    request.state.user_id = user_id
-    return user_id
+    return await verifier.verify(token)
 
 
 async def _current_user(

@@ -181,8 +181,16 @@ async function rotate(req, res) {
   send(res, 200, await result);
 }
 
+// How many times the JWKS was requested: the tests count the fetches of the service under
+// test from the outside.
+let jwksRequests = 0;
+async function jwksRequestCount(req, res) {
+  send(res, 200, { count: jwksRequests });
+}
+
 const TEST_ROUTES = {
   "/test/health": { GET: health, HEAD: health },
+  "/test/jwks-requests": { GET: jwksRequestCount },
   "/test/hs256-token": { GET: hs256Token },
   "/test/rotate": { POST: rotate },
 };
@@ -200,6 +208,7 @@ async function handleTestRoute(req, res, pathname) {
 
 const server = http.createServer((req, res) => {
   const pathname = new URL(req.url ?? "/", "http://localhost").pathname;
+  if (pathname === "/api/auth/jwks") jwksRequests += 1;
   if (pathname === "/test" || pathname.startsWith("/test/")) {
     handleTestRoute(req, res, pathname).catch((err) => {
       process.stderr.write(`test route error: ${err?.stack ?? err}\n`);
