@@ -149,8 +149,12 @@ class ServiceUnavailable(AppError):
     code = "SERVICE_UNAVAILABLE"
     default_detail = "The service is temporarily unavailable; try again shortly"
 
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after  # seconds until a retry has a chance
+
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
+        return {"Retry-After": str(self.retry_after)}
 
 
 def error_response(error: AppError, *, errors: Sequence[dict[str, str]] | None = None) -> Response:

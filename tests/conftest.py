@@ -485,7 +485,7 @@ def live_server(
                     ) from None
                 time.sleep(0.05)
         with httpx.Client() as http:
-            http.post(f"http://127.0.0.1:{port}/", timeout=5)  # warm: first request imports lazily
+            http.post(f"http://127.0.0.1:{port}/", timeout=30)  # warm: first request imports lazily
         yield LiveServer(base_url=f"http://127.0.0.1:{port}", process=process)
     finally:
         process.terminate()

@@ -339,7 +339,7 @@ async def _assert_unavailable(url: str, auth: Auth) -> None:
         ):
             started = time.monotonic()
             response = await http.request(method, path, json=body, headers=auth("alice"))
-            assert time.monotonic() - started < 5
+            assert time.monotonic() - started < 15  # bounded: 1 s timeouts, a busy machine
             assert_error(response, 503, "SERVICE_UNAVAILABLE")
             assert 1 <= int(response.headers["retry-after"]) <= 5
 

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from uuid import uuid4
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import pytest
 from sqlalchemy import text
 

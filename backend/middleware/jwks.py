@@ -24,6 +24,7 @@
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
@@ -119,7 +120,9 @@ class JwksCache:
         candidates = [jwk for jwk in self._keys.get(kid, ()) if _fits(jwk, alg)]
         if not candidates:
             if kid not in self._keys and self._failed:
-                raise ServiceUnavailable(UNAVAILABLE_DETAIL)
+                # A client that obeys Retry-After comes back when a fetch may be tried again.
+                wait = max(self._until_fetch_allowed(), self._min_refetch if self._inflight else 0)
+                raise ServiceUnavailable(UNAVAILABLE_DETAIL, retry_after=max(1, math.ceil(wait)))
             raise TokenInvalid(
                 f"The token's signing key (its kid) is not in the JWKS at {self.url}"
             )
