@@ -6,7 +6,7 @@
 - Requests run on connections in AUTOCOMMIT mode: every service operation is a single
   statement (`INSERT/UPDATE/DELETE … RETURNING`), which the database applies atomically, so a
   BEGIN/COMMIT pair would only add two round trips. Work that needs several statements opens a
-  transaction explicitly (`async with conn.begin()`); migrations use their own engine.
+  transaction explicitly (`async with db.transaction(conn)`); migrations use their own engine.
 - SQLite: WAL (readers never block the writer), foreign keys on, and a busy timeout so that
   concurrent writers queue instead of failing. aiosqlite runs each connection in its own
   thread, so a writer waiting for the lock never blocks the event loop.
@@ -341,6 +341,28 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+@asynccontextmanager
+async def transaction(conn: AsyncConnection) -> AsyncIterator[None]:
+    """A real transaction on a request connection, which is otherwise in AUTOCOMMIT (where
+    SQLAlchemy's `begin()` sends nothing). On SQLite it takes the write lock at once (BEGIN
+    IMMEDIATE): a transaction that reads, then writes, can never fail to upgrade its lock. On
+    PostgreSQL it is READ COMMITTED; rows to be changed are locked with SELECT … FOR UPDATE.
+    Behind a transaction-mode pooler the server connection is held until COMMIT, as it must be.
+    """
+    await conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN")
+    try:
+        yield
+    except BaseException:
+        try:
+            await conn.exec_driver_sql("ROLLBACK")
+        except Exception:
+            # The connection is broken or busy (a cancelled statement): it must not go back to
+            # the pool inside a transaction, since nothing resets it on return.
+            await conn.invalidate()
+        raise
+    await conn.exec_driver_sql("COMMIT")
 
 
 def make_engine(settings: Settings, *, for_requests: bool = True) -> AsyncEngine:

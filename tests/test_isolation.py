@@ -288,7 +288,12 @@ async def test_user_id_with_url_special_characters(
     patched = ok(await client.patch(location, json={"title": "t3"}, headers=headers))
     assert patched == {**replaced, "title": "t3", "updated_at": patched["updated_at"]}
     completed = ok(await client.patch(f"{location}/complete", headers=headers))
-    assert completed == {**patched, "completed": True, "updated_at": completed["updated_at"]}
+    assert completed == {
+        **patched,
+        "completed": True,
+        "updated_at": completed["updated_at"],
+        "completed_at": completed["updated_at"],
+    }
     assert ok(await client.delete(location, headers=headers)) == completed
     assert_error(await client.get(location, headers=headers), 404, "TASK_NOT_FOUND")
 

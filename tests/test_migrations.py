@@ -135,16 +135,20 @@ async def test_migrated_schema_matches_the_models(fresh_settings: Settings) -> N
     assert await inspect_db(fresh_settings, model_differences) == []
 
 
-async def test_list_index_exists(fresh_settings: Settings) -> None:
+async def test_list_indexes_exist(fresh_settings: Settings) -> None:
     await db.migrate(fresh_settings)
 
     def indexes(conn: Connection) -> list[tuple[str | None, list[str | None], bool]]:
-        return [
-            (i["name"], i["column_names"], i["unique"]) for i in inspect(conn).get_indexes("task")
-        ]
+        return sorted(
+            (i["name"], i["column_names"], bool(i["unique"]))
+            for i in inspect(conn).get_indexes("task")
+        )
 
     assert await inspect_db(fresh_settings, indexes) == [
-        (INDEX, ["user_id", "created_at", "id"], False)
+        (INDEX, ["user_id", "created_at", "id"], False),
+        ("ix_task_user_id_due_at_id", ["user_id", "due_at", "id"], False),
+        ("ix_task_user_id_remind_at", ["user_id", "remind_at"], False),
+        ("ix_task_user_id_updated_at_id", ["user_id", "updated_at", "id"], False),
     ]
 
 

@@ -16,6 +16,7 @@ async def test_openapi_documents_auth_and_errors(client: httpx.AsyncClient) -> N
         for method, op in item.items()
     ]
     assert sorted((path, method) for path, method, _ in operations) == [
+        ("/api/{user_id}/tasks", "delete"),
         ("/api/{user_id}/tasks", "get"),
         ("/api/{user_id}/tasks", "post"),
         ("/api/{user_id}/tasks/{task_id}", "delete"),

@@ -14,13 +14,27 @@ from sqlalchemy import insert, update
 from backend import db
 from backend.config import Settings
 from backend.schemas.task import TaskRead
-from backend.services.tasks import PUBLIC_COLUMNS, TaskRow, task_table
+from backend.services.tasks import PUBLIC_COLUMNS, task_table
 
 Auth = Callable[..., dict[str, str]]
 Task = dict[str, Any]
 
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
-TASK_KEYS = {"id", "user_id", "title", "description", "completed", "created_at", "updated_at"}
+TASK_KEYS = {
+    "id",
+    "user_id",
+    "title",
+    "description",
+    "completed",
+    "created_at",
+    "updated_at",
+    "priority",
+    "tags",
+    "due_at",
+    "remind_at",
+    "recurrence",
+    "completed_at",
+}
 JSON = {"content-type": "application/json"}
 # Long enough for two datetime.now() readings to differ on any clock the tests run on.
 TICK = 0.01
@@ -221,13 +235,19 @@ async def test_create_defaults(client: httpx.AsyncClient, auth: Auth) -> None:
         "completed": False,
         "created_at": task["created_at"],
         "updated_at": task["created_at"],
+        "priority": "medium",
+        "tags": [],
+        "due_at": None,
+        "remind_at": None,
+        "recurrence": None,
+        "completed_at": None,
     }
     assert before <= parse_time(task["created_at"]) <= after
     assert await fetch(client, auth, task["id"]) == task
     assert await list_all(client, auth) == [task]
 
 
-async def test_create_with_every_field(client: httpx.AsyncClient, auth: Auth) -> None:
+async def test_create_with_every_original_field(client: httpx.AsyncClient, auth: Auth) -> None:
     task = await create(
         client, auth, {"title": "Write report", "description": "  by Friday  ", "completed": True}
     )
@@ -239,6 +259,12 @@ async def test_create_with_every_field(client: httpx.AsyncClient, auth: Auth) ->
         "completed": True,
         "created_at": task["created_at"],
         "updated_at": task["created_at"],
+        "priority": "medium",
+        "tags": [],
+        "due_at": None,
+        "remind_at": None,
+        "recurrence": None,
+        "completed_at": task["created_at"],  # completed when created
     }
     parse_time(task["created_at"])
 
@@ -311,6 +337,7 @@ async def test_put_replaces_every_field(client: httpx.AsyncClient, auth: Auth) -
         "description": "new d",
         "completed": True,
         "updated_at": task["updated_at"],
+        "completed_at": task["updated_at"],
     }
     assert parse_time(task["updated_at"]) > parse_time(created["updated_at"])
     assert "location" not in response.headers
@@ -330,6 +357,7 @@ async def test_put_description_may_be_null(client: httpx.AsyncClient, auth: Auth
         "description": None,
         "completed": False,
         "updated_at": task["updated_at"],
+        "completed_at": None,
     }
     assert await fetch(client, auth, created["id"]) == task
 
@@ -367,8 +395,8 @@ PUT_BODIES_OF_REAL_CLIENTS = [
             "priority": "high",
             "status": "IN_PROGRESS",
         },
-        {"description": "nd"},
-        id="title-desc-and-fields-this-api-does-not-have",
+        {"description": "nd", "priority": "high"},
+        id="title-desc-priority-and-fields-this-api-does-not-have",
     ),
     pytest.param(
         {"title": "new", "description": "nd", "due_date": None},
@@ -393,7 +421,9 @@ async def test_put_keeps_every_field_left_out(
         f"/api/alice/tasks/{created['id']}", json=body, headers=auth("alice")
     )
     task = assert_json(response)
-    assert task == {**created, "title": "new", **changed, "updated_at": task["updated_at"]}
+    completed_at = task["updated_at"] if changed.get("completed") else None
+    expected = {**created, "title": "new", **changed, "completed_at": completed_at}
+    assert task == {**expected, "updated_at": task["updated_at"]}
     assert parse_time(task["updated_at"]) > parse_time(created["updated_at"])
     assert await fetch(client, auth, created["id"]) == task
 
@@ -481,7 +511,8 @@ async def test_patch_changes_only_the_fields_sent(client: httpx.AsyncClient, aut
 
     await asyncio.sleep(TICK)
     later = assert_json(await client.patch(url, json={"completed": False}, headers=auth("alice")))
-    assert later == {**task, "completed": False, "updated_at": later["updated_at"]}
+    expected = {**task, "completed": False, "completed_at": None}
+    assert later == {**expected, "updated_at": later["updated_at"]}
     assert parse_time(later["updated_at"]) > parse_time(task["updated_at"])
 
     await asyncio.sleep(TICK)
@@ -611,9 +642,15 @@ async def test_complete_toggles(
     client: httpx.AsyncClient, auth: Auth, request_kwargs: dict[str, Any]
 ) -> None:
     created, on, off = await _toggle_twice(client, auth, request_kwargs)
-    assert on == {**created, "completed": True, "updated_at": on["updated_at"]}
+    assert on == {
+        **created,
+        "completed": True,
+        "updated_at": on["updated_at"],
+        "completed_at": on["updated_at"],
+    }
     assert parse_time(on["updated_at"]) > parse_time(created["updated_at"])
     assert off == {**created, "completed": False, "updated_at": off["updated_at"]}
+    assert off["completed_at"] is None
     assert parse_time(off["updated_at"]) > parse_time(on["updated_at"])
     assert await fetch(client, auth, created["id"]) == off
 
@@ -626,7 +663,13 @@ async def test_complete_sets_idempotently(
     url = f"/api/alice/tasks/{created['id']}/complete"
     await asyncio.sleep(TICK)
     first = assert_json(await client.patch(url, json={"completed": value}, headers=auth("alice")))
-    assert first == {**created, "completed": value, "updated_at": first["updated_at"]}
+    completed_at = first["updated_at"] if value else None
+    assert first == {
+        **created,
+        "completed": value,
+        "updated_at": first["updated_at"],
+        "completed_at": completed_at,
+    }
     assert parse_time(first["updated_at"]) > parse_time(created["updated_at"])
     await asyncio.sleep(TICK)
     second = assert_json(await client.patch(url, json={"completed": value}, headers=auth("alice")))
@@ -1033,5 +1076,4 @@ def test_the_public_fields_are_named_in_one_place() -> None:
     # Every statement returns PUBLIC_COLUMNS, which are the response schema's fields: a column
     # added to the table for internal use cannot reach a response unless TaskRead names it.
     assert [column.name for column in PUBLIC_COLUMNS] == list(TaskRead.model_fields)
-    assert list(TaskRow.__annotations__) == list(TaskRead.model_fields)
     assert set(TaskRead.model_fields) == TASK_KEYS

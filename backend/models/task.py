@@ -4,7 +4,22 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, String, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    false,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -21,6 +36,11 @@ SQLModel.metadata.naming_convention = {
 TITLE_MAX = 200
 DESCRIPTION_MAX = 1000
 USER_ID_MAX = 255
+TAGS_MAX = 20
+TAG_MAX = 32
+INTERVAL_MAX = 365
+PRIORITIES = ("low", "medium", "high")  # stored as 1, 2, 3: sorting by the column ranks them
+FREQUENCIES = ("daily", "weekly", "monthly", "yearly")
 
 # The one definition of a control character for the whole service: C0 (NUL included, which
 # PostgreSQL cannot store), DEL and C1 — Unicode's category Cc, exactly.
@@ -46,15 +66,43 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value  # type: ignore[no-any-return]
 
 
+class Priority(TypeDecorator[str]):
+    """ "low" / "medium" / "high" in the API, 1 / 2 / 3 in the table."""
+
+    impl = SmallInteger()
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> int | None:
+        return None if value is None else PRIORITIES.index(value) + 1
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else PRIORITIES[value - 1]
+
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid); PostgreSQL gets BIGINT identity.
 IdColumnType = BigInteger().with_variant(Integer(), "sqlite")
+# jsonb on PostgreSQL: it has equality, which `IS DISTINCT FROM` needs; JSON text on SQLite.
+# None is SQL NULL, not the JSON text "null" (the CHECK below tests `recurrence IS NULL`).
+JsonColumnType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class Task(SQLModel, table=True):
     __tablename__ = "task"
-    # Serves the list query: WHERE user_id = ? ORDER BY created_at DESC, id DESC.
     __table_args__ = (
+        # The list's default order (and its keyset): WHERE user_id = ? ORDER BY created_at, id.
         Index("ix_task_user_id_created_at_id", "user_id", "created_at", "id"),
+        Index("ix_task_user_id_updated_at_id", "user_id", "updated_at", "id"),
+        Index("ix_task_user_id_due_at_id", "user_id", "due_at", "id"),
+        # "Which reminders are due?" is asked often and concerns few rows.
+        Index(
+            "ix_task_user_id_remind_at",
+            "user_id",
+            "remind_at",
+            postgresql_where=text("remind_at IS NOT NULL AND NOT completed"),
+            sqlite_where=text("remind_at IS NOT NULL AND NOT completed"),
+        ),
+        CheckConstraint("recurrence IS NULL OR due_at IS NOT NULL", name="recurrence_needs_due_at"),
+        CheckConstraint("priority BETWEEN 1 AND 3", name="priority_range"),
         # Ids are never reused after a delete (SQLite would otherwise hand out max(id)+1 again).
         {"sqlite_autoincrement": True},
     )
@@ -72,3 +120,41 @@ class Task(SQLModel, table=True):
     )
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    priority: str = Field(
+        default="medium", sa_column=Column(Priority, nullable=False, server_default=text("2"))
+    )
+    tags: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(JsonColumnType, nullable=False, server_default=text("'[]'")),
+    )
+    due_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    remind_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    recurrence: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JsonColumnType, nullable=True)
+    )
+    completed_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime, nullable=True)
+    )
+
+    # Internal columns, never in a response (services return the public ones only).
+    # Case-folded copies for case-insensitive search on both databases, any script (É finds é).
+    title_fold: str = Field(sa_column=Column(Text, nullable=False, server_default=text("''")))
+    description_fold: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The folded tags between separators ("\x1fwork\x1fhome\x1f"): one LIKE per tag filter,
+    # the same on both databases. The separator is a control character, which no tag holds.
+    tag_keys: str = Field(sa_column=Column(Text, nullable=False, server_default=text("''")))
+    # A series is anchored to its first occurrence, in the UTC offset its due date was sent
+    # with: occurrence n falls n steps after the anchor, so Jan 31 monthly gives Feb 28, Mar 31.
+    recurrence_anchor: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime, nullable=True)
+    )
+    recurrence_offset_minutes: int = Field(
+        default=0, sa_column=Column(SmallInteger, nullable=False, server_default=text("0"))
+    )
+    recurrence_count: int = Field(
+        default=0, sa_column=Column(Integer, nullable=False, server_default=text("0"))
+    )
+    # Set once the next occurrence exists: completing the task again never makes another.
+    next_occurrence_id: int | None = Field(
+        default=None, sa_column=Column(IdColumnType, nullable=True)
+    )

@@ -5,8 +5,8 @@ without re-validating what the database just returned.
 """
 
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Annotated, Any
-from urllib.parse import quote
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlencode
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
@@ -17,13 +17,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from backend.errors import MalformedJSON, UnsupportedMediaType
 from backend.middleware.jwt_auth import CurrentUser, authenticate
 from backend.schemas.error import ErrorBody
-from backend.schemas.task import CompleteBody, TaskCreate, TaskRead, TaskReplace, TaskUpdate
+from backend.schemas.task import (
+    CompleteBody,
+    DeletedCount,
+    TaskCreate,
+    TaskQuery,
+    TaskRead,
+    TaskReplace,
+    TaskUpdate,
+)
 from backend.services import tasks
 
 MAX_TASK_ID = 2**63 - 1  # BIGINT; larger ids cannot exist, and would overflow the driver
-# A list is always bounded: without `limit`, a client written for the plain list still sees
-# every task a normal user has, and nobody can ask for a 58 MB response.
-MAX_LIST_LIMIT = 500
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -119,20 +124,55 @@ def _render(
     )
 
 
+_LIST_HEADERS = {
+    "X-Total-Count": {
+        "description": "How many tasks match the filters (on every page)",
+        "schema": {"type": "integer"},
+    },
+    "Link": {
+        "description": 'The next page, while there is one: `</api/…/tasks?…&cursor=…>; rel="next"`',
+        "schema": {"type": "string"},
+    },
+}
+
+
 @router.get(
     "/{user_id}/tasks",
     summary="List the user's tasks",
-    description="Newest first (`created_at`, then `id`, descending), at most `limit` of them.",
+    description="Newest first by default, filtered, sorted and paged by key: at most `limit` "
+    'tasks (default 500), `X-Total-Count` for all that match, and `Link: <…>; rel="next"` '
+    "while there are more. A datetime's `+` must be sent as `%2B`.",
     response_model=list[TaskRead],
+    responses={200: {"headers": _LIST_HEADERS}},
 )
 async def list_tasks(
+    request: Request, user_id: CurrentUser, conn: Conn, query: Annotated[TaskQuery, Query()]
+) -> Response:
+    page = await tasks.list_tasks(conn, user_id=user_id, query=query)
+    headers = {"X-Total-Count": str(page.total)}
+    if page.cursor is not None:
+        # Relative (RFC 8288): never built from the Host header.
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
+        next_query = urlencode([*params, ("cursor", page.cursor)])
+        headers["Link"] = f'<{request.url.path}?{next_query}>; rel="next"'
+    return _render(page.tasks, headers=headers)
+
+
+@router.delete(
+    "/{user_id}/tasks",
+    summary="Clear completed tasks, or all of them",
+    description='`?status=completed` removes the user\'s completed tasks ("clear completed"), '
+    "`?status=all` every task (when the user deletes their account). Without `status`, or with "
+    "another value, nothing is removed (422).",
+    response_model=DeletedCount,
+)
+async def delete_tasks(
     user_id: CurrentUser,
     conn: Conn,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT, description="At most this many")] = (
-        MAX_LIST_LIMIT
-    ),
+    status: Annotated[Literal["completed", "all"], Query(description="`completed` or `all`")],
 ) -> Response:
-    return _render(await tasks.list_tasks(conn, user_id=user_id, limit=limit))
+    deleted = await tasks.delete_tasks(conn, user_id=user_id, completed_only=status == "completed")
+    return _render({"deleted": deleted})
 
 
 @router.post(

@@ -7,24 +7,31 @@ title or completed is refused. The OpenAPI document says the same: no `null` whe
 """
 
 import unicodedata
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     MISSING,
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
+    ValidationInfo,
+    field_validator,
 )
 
 from backend.models.task import (
     CONTROL_CHARACTER,
     CONTROL_CHARACTER_IN_TEXT,
     DESCRIPTION_MAX,
+    INTERVAL_MAX,
+    TAG_MAX,
+    TAGS_MAX,
     TITLE_MAX,
 )
 
@@ -41,17 +48,53 @@ def _storable(value: str) -> str:
     return value
 
 
-def _clean_title(value: str) -> str:
+def _clean_line(value: str, limit: int) -> str:
+    """A one-line text (title, tag): trimmed, with a visible character, no control character."""
     # Checked before trimming too: str.strip() would silently drop a C1 control such as U+0085
-    # (tab and line breaks around the title are only white space, and trimmed).
+    # (tab and line breaks around it are only white space, and trimmed).
     value = value.strip() if not CONTROL_CHARACTER_IN_TEXT.search(value) else "\x00"
     if CONTROL_CHARACTER.search(value):
         raise ValueError("must not contain control characters")
     value = _storable(value)
     if all(unicodedata.category(c) in _INVISIBLE_CATEGORIES or c.isspace() for c in value):
         raise ValueError("must not be empty (it has no visible character)")
-    if len(value) > TITLE_MAX:
-        raise ValueError(f"must be at most {TITLE_MAX} characters")
+    if len(value) > limit:
+        raise ValueError(f"must be at most {limit} characters")
+    return value
+
+
+def _clean_title(value: str) -> str:
+    return _clean_line(value, TITLE_MAX)
+
+
+def _clean_tags(tags: list[str]) -> list[str]:
+    # Duplicates are dropped case-insensitively ("Work" and "work" are one tag); the first
+    # spelling and the order are kept.
+    seen: set[str] = set()
+    unique = []
+    for tag in tags:
+        tag = _clean_line(tag, TAG_MAX)
+        if tag.casefold() not in seen:
+            seen.add(tag.casefold())
+            unique.append(tag)
+    if len(unique) > TAGS_MAX:
+        raise ValueError(f"must hold at most {TAGS_MAX} tags")
+    return unique
+
+
+def _text_only(value: Any) -> Any:
+    # pydantic would read a number as seconds since 1970: a date must be written as one.
+    if value is not None and not isinstance(value, str):
+        raise ValueError("must be an ISO-8601 date and time with an offset, as a string")
+    return value
+
+
+def _in_range(value: datetime) -> datetime:
+    # Kept in the offset it was sent with: a recurrence counts days in the sender's calendar.
+    try:
+        value.astimezone(UTC)
+    except OverflowError:  # "0001-01-01T00:00:00+01:00" is before year 1 in UTC
+        raise ValueError("is out of range") from None
     return value
 
 
@@ -85,35 +128,80 @@ Description = Annotated[
     AfterValidator(_clean_description),
     Field(json_schema_extra={"maxLength": DESCRIPTION_MAX}),
 ]
+Tags = Annotated[
+    list[StrictStr],
+    AfterValidator(_clean_tags),
+    Field(
+        json_schema_extra={"maxItems": TAGS_MAX, "items": {"minLength": 1, "maxLength": TAG_MAX}},
+        description=f"at most {TAGS_MAX} tags of 1 to {TAG_MAX} characters; duplicates (in any "
+        "case) are dropped, the order is kept",
+    ),
+]
+When = Annotated[
+    AwareDatetime,
+    BeforeValidator(_text_only),
+    AfterValidator(_in_range),
+    Field(description="ISO-8601 with an offset or Z, e.g. 2026-12-01T09:00:00+01:00"),
+]
+PriorityName = Literal["low", "medium", "high"]
 # Fields that may be left out of a body but are never null.
 Completed = Annotated[StrictBool, BeforeValidator(_not_null)]
 OptionalTitle = Annotated[Title, BeforeValidator(_not_null)]
+Priority = Annotated[PriorityName, BeforeValidator(_not_null)]
+TagList = Annotated[Tags, BeforeValidator(_not_null)]
+
+
+class Recurrence(BaseModel):
+    """Repeat every `interval` days, weeks, months or years, counted from the first due date."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    frequency: Literal["daily", "weekly", "monthly", "yearly"]
+    interval: Annotated[StrictInt, Field(ge=1, le=INTERVAL_MAX)] = 1
 
 
 class _Input(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class TaskCreate(_Input):
-    title: Title
-    description: Description | None = None
-    completed: Completed = False
-
-
-class TaskReplace(_Input):
-    """PUT, the spec's update: `title` is required, every other field changes only if sent."""
-
-    title: Title
-    description: Description | MISSING | None = MISSING
-    completed: Completed | MISSING = MISSING
-
-
 class TaskUpdate(_Input):
-    """PATCH: only the fields sent change; `{}` changes nothing."""
+    """PATCH: only the fields sent change; `{}` changes nothing.
+
+    The one declaration of the task's writable fields: PUT and POST take the same fields, with
+    the title required; what is left out of a POST gets the table's default."""
 
     title: OptionalTitle | MISSING = MISSING
     description: Description | MISSING | None = MISSING
     completed: Completed | MISSING = MISSING
+    priority: Priority | MISSING = MISSING
+    tags: TagList | MISSING = MISSING
+    due_at: When | MISSING | None = MISSING
+    remind_at: When | MISSING | None = MISSING
+    recurrence: Recurrence | MISSING | None = MISSING
+
+    @field_validator("recurrence")
+    @classmethod
+    def _recurrence_needs_due_at(cls, value: Any, info: ValidationInfo) -> Any:
+        # What the body alone shows (`due_at` is validated first); a PATCH of only one of the
+        # two is checked by the database (a CHECK constraint).
+        if value is not None and info.data.get("due_at", MISSING) in cls._NO_DUE_DATE:
+            raise ValueError("a recurring task needs a due_at")
+        return value
+
+    _NO_DUE_DATE: ClassVar[tuple[Any, ...]] = (None,)
+
+
+class TaskReplace(TaskUpdate):
+    """PUT, the spec's update: `title` is required, every other field changes only if sent."""
+
+    title: Title
+
+
+class TaskCreate(TaskUpdate):
+    """POST: `title` is required; defaults: medium priority, no tags, no dates, not completed."""
+
+    title: Title
+    _NO_DUE_DATE = (None, MISSING)
 
 
 class CompleteBody(_Input):
@@ -123,6 +211,9 @@ class CompleteBody(_Input):
 
 
 class TaskRead(BaseModel):
+    """The task as every response shows it: the one list of its public fields (services return
+    exactly these columns, and tests check the inputs and the table against it)."""
+
     id: int
     user_id: str
     title: str
@@ -130,3 +221,88 @@ class TaskRead(BaseModel):
     completed: bool
     created_at: datetime
     updated_at: datetime
+    priority: PriorityName
+    tags: list[str]
+    due_at: datetime | None
+    remind_at: datetime | None
+    recurrence: Recurrence | None
+    completed_at: datetime | None
+
+
+def _priorities(value: Any) -> Any:
+    # ?priority=high,medium (comma-separated, as the contract says), or repeated.
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        return [part.strip() for item in value if isinstance(item, str) for part in item.split(",")]
+    return value
+
+
+def _clean_query_tag(value: str) -> str:
+    return _clean_line(value, TAG_MAX)
+
+
+def _clean_query_text(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    if CONTROL_CHARACTER.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+SortKey = Literal[
+    "created_at",
+    "-created_at",
+    "updated_at",
+    "-updated_at",
+    "due_at",
+    "-due_at",
+    "priority",
+    "-priority",
+    "title",
+    "-title",
+]
+MAX_LIST_LIMIT = 500
+
+
+class TaskQuery(BaseModel):
+    """The list's query parameters. Unknown parameters are ignored; a bad value of a known one
+    is 422 naming it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["all", "pending", "completed"] = "all"
+    priority: Annotated[
+        list[PriorityName] | None,
+        BeforeValidator(_priorities),
+        Field(description="one or more of low, medium, high, comma-separated"),
+    ] = None
+    tag: Annotated[
+        list[Annotated[str, AfterValidator(_clean_query_tag)]],
+        Field(max_length=TAGS_MAX, description="repeatable: a task must have every tag given"),
+    ] = []
+    q: Annotated[
+        str | None,
+        AfterValidator(lambda v: v if v is None else _clean_query_text(v)),
+        Field(
+            min_length=1,
+            max_length=100,
+            description="case-insensitive text in title or description",
+        ),
+    ] = None
+    due_before: When | None = None
+    due_after: When | None = None
+    overdue: bool = Field(default=False, description="true: not completed and due in the past")
+    remind_before: When | None = None
+    sort: SortKey = Field(
+        default="-created_at",
+        description="a leading - for descending; ties are broken by id; tasks without due_at "
+        "come last either way; priority ascending is low to high",
+    )
+    limit: int = Field(default=MAX_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
+    cursor: Annotated[str | None, Field(max_length=1000)] = None
+
+
+class DeletedCount(BaseModel):
+    deleted: int

@@ -2,30 +2,54 @@
 
 Each operation is one statement with the owner in its WHERE clause (a task of another user is
 simply not found) and `RETURNING` the row, so a request costs one database round trip and no
-read-back. Rows come back as plain dicts, ready to be rendered without re-validation.
+read-back. Rows come back as plain dicts of the public columns, ready to be rendered.
+
+Two things need more than one statement, and get a transaction (`db.transaction`):
+- Completing a recurring task creates its next occurrence, exactly once. A completion first
+  tries the one-statement path with `recurrence IS NULL` in its WHERE; only a recurring task
+  (or a missing one) takes the locked path: lock the row, update it, insert the next occurrence
+  unless `next_occurrence_id` says it exists, and remember its id. Toggling back and forth,
+  repeating the request or racing two requests therefore never makes two.
+- An empty page of a list asks for the total count on its own.
 """
 
-from datetime import UTC, datetime
+import base64
+import binascii
+import calendar
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
-from sqlalchemy import Table, Update, bindparam, case, delete, insert, or_, select, update
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from backend.errors import TaskNotFound
-from backend.models.task import Task, UTCDateTime
-from backend.schemas.task import TaskCreate, TaskRead, TaskReplace, TaskUpdate
+from backend import db
+from backend.errors import TaskNotFound, ValidationFailed
+from backend.models.task import PRIORITIES, Task, UTCDateTime
+from backend.schemas.task import TaskCreate, TaskQuery, TaskRead, TaskReplace, TaskUpdate
 
-
-class TaskRow(TypedDict):
-    id: int
-    user_id: str
-    title: str
-    description: str | None
-    completed: bool
-    created_at: datetime
-    updated_at: datetime
-
+# A task as the public columns name it: what every service function returns.
+TaskRecord = dict[str, Any]
 
 task_table = cast(Table, Task.__table__)  # type: ignore[attr-defined]
 _t = task_table.c
@@ -34,15 +58,31 @@ _t = task_table.c
 PUBLIC_COLUMNS = tuple(_t[name] for name in TaskRead.model_fields)
 # Named apart from the columns: UPDATE reserves the column names for its SET values.
 _owned = (_t.id == bindparam("key_id")) & (_t.user_id == bindparam("key_user"))
+_NOW = bindparam("now", type_=UTCDateTime())
+_TAG_SEPARATOR = "\x1f"  # a control character: no tag can hold it
 
-_LIST = select(*PUBLIC_COLUMNS).where(_t.user_id == bindparam("user_id"))
-_LIST = _LIST.order_by(_t.created_at.desc(), _t.id.desc()).limit(bindparam("limit"))
 _GET = select(*PUBLIC_COLUMNS).where(_owned)
 _CREATE = insert(task_table).returning(*PUBLIC_COLUMNS)
-_NOW = bindparam("now", type_=UTCDateTime())
-_TOGGLE = update(task_table).where(_owned).values(completed=~_t.completed, updated_at=_NOW)
-_TOGGLE = _TOGGLE.returning(*PUBLIC_COLUMNS)
 _DELETE = delete(task_table).where(_owned).returning(*PUBLIC_COLUMNS)
+_TOGGLE_VALUES = {
+    "completed": ~_t.completed,
+    "completed_at": case((_t.completed, None), else_=_NOW),
+    "updated_at": _NOW,
+}
+# The one-statement toggle, for a task that does not recur (the others take the locked path).
+_TOGGLE = (
+    update(task_table)
+    .where(_owned & _t.recurrence.is_(None))
+    .values(_TOGGLE_VALUES)
+    .returning(*PUBLIC_COLUMNS)
+)
+_TOGGLE_LOCKED = update(task_table).where(_owned).values(_TOGGLE_VALUES).returning(*_t)
+_LOCK = select(_t.id).where(_owned).with_for_update()
+_LINK = (
+    update(task_table)
+    .where(_t.id == bindparam("key_id"))
+    .values(next_occurrence_id=bindparam("next_id"))
+)
 
 
 def _key(user_id: str, task_id: int) -> dict[str, Any]:
@@ -53,69 +93,443 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _one(row: Any) -> TaskRow:
+def _one(row: Any) -> TaskRecord:
     if row is None:
         raise TaskNotFound()
-    return cast(TaskRow, dict(row))
+    return dict(row)
 
 
-async def list_tasks(conn: AsyncConnection, *, user_id: str, limit: int) -> list[TaskRow]:
-    result = await conn.execute(_LIST, {"user_id": user_id, "limit": limit})
-    return [cast(TaskRow, dict(row)) for row in result.mappings()]
+def _public(row: Any) -> TaskRecord:
+    return {column.name: row[column.name] for column in PUBLIC_COLUMNS}
 
 
-async def get_task(conn: AsyncConnection, *, user_id: str, task_id: int) -> TaskRow:
+def fold(text: str) -> str:
+    """The case folding of search and tags: full Unicode (`É` → `é`, `ß` → `ss`), the same on
+    both databases because it is done here, not by the database's lower()."""
+    return text.casefold()
+
+
+def tag_keys(tags: Sequence[str]) -> str:
+    if not tags:
+        return ""
+    return _TAG_SEPARATOR + _TAG_SEPARATOR.join(fold(tag) for tag in tags) + _TAG_SEPARATOR
+
+
+def _offset_minutes(when: datetime) -> int:
+    offset = when.utcoffset()
+    return 0 if offset is None else int(offset.total_seconds() // 60)
+
+
+# The internal columns that follow from a public field, and how.
+_DERIVED = {
+    "title": ("title_fold", fold),
+    "description": ("description_fold", lambda text: None if text is None else fold(text)),
+    "tags": ("tag_keys", tag_keys),
+}
+
+
+def _derived(changes: dict[str, Any]) -> dict[str, Any]:
+    return {
+        column: derive(changes[name])
+        for name, (column, derive) in _DERIVED.items()
+        if name in changes
+    }
+
+
+# --- reading and creating ------------------------------------------------------------------------
+
+
+async def get_task(conn: AsyncConnection, *, user_id: str, task_id: int) -> TaskRecord:
     result = await conn.execute(_GET, _key(user_id, task_id))
     return _one(result.mappings().first())
 
 
-async def create_task(conn: AsyncConnection, *, user_id: str, data: TaskCreate) -> TaskRow:
+async def create_task(conn: AsyncConnection, *, user_id: str, data: TaskCreate) -> TaskRecord:
     now = _now()
-    values = {"user_id": user_id, **data.model_dump(), "created_at": now, "updated_at": now}
+    fields = data.model_dump()  # fields left out are MISSING: the table's defaults apply
+    values = {**fields, **_derived(fields), "user_id": user_id, "created_at": now}
+    values["updated_at"] = now
+    if fields.get("completed"):
+        values["completed_at"] = now
+    if fields.get("recurrence") is not None:
+        values["recurrence_anchor"] = fields["due_at"]
+        values["recurrence_offset_minutes"] = _offset_minutes(fields["due_at"])
     result = await conn.execute(_CREATE, values)
     return _one(result.mappings().first())
 
 
+# --- updating and completing ---------------------------------------------------------------------
+
+
 @cache
-def _update_statement(fields: tuple[str, ...]) -> Update:
-    """UPDATE of these fields; `updated_at` moves only if one of them really changes."""
+def _update_statement(
+    fields: tuple[str, ...], *, completing: bool = False, locked: bool = False
+) -> Update:
+    """UPDATE of these public fields (and what follows from them). `updated_at` moves only if
+    one of them really changes. A `completing` update leaves a recurring task alone (it takes
+    the `locked` path, whose statement returns the internal columns too)."""
     new = {name: bindparam(f"new_{name}", type_=_t[name].type) for name in fields}
     changed = or_(*(_t[name].is_distinct_from(value) for name, value in new.items()))
+    values: dict[str, Any] = {**new, "updated_at": case((changed, _NOW), else_=_t.updated_at)}
+    for name in fields:
+        if name in _DERIVED:
+            column = _DERIVED[name][0]
+            values[column] = bindparam(f"new_{column}", type_=_t[column].type)
+    if "completed" in new:
+        values["completed_at"] = case(
+            (new["completed"] & _t.completed, _t.completed_at),
+            (new["completed"], _NOW),
+            else_=None,
+        )
+    if "due_at" in new or "recurrence" in new:
+        # A series restarts from the due date when the due date or the rule really changes
+        # (a client that PUTs back the object it read changes neither, and keeps its anchor).
+        due = new.get("due_at", _t.due_at)
+        restarted = or_(
+            *(
+                _t[name].is_distinct_from(new[name])
+                for name in ("due_at", "recurrence")
+                if name in new
+            )
+        )
+        offset = (
+            bindparam("new_offset_minutes", type_=_t.recurrence_offset_minutes.type)
+            if "due_at" in new
+            else _t.recurrence_offset_minutes
+        )
+        values["recurrence_anchor"] = case((restarted, due), else_=_t.recurrence_anchor)
+        values["recurrence_count"] = case((restarted, 0), else_=_t.recurrence_count)
+        values["recurrence_offset_minutes"] = case(
+            (restarted, offset), else_=_t.recurrence_offset_minutes
+        )
+    where = _owned & _t.recurrence.is_(None) if completing else _owned
     return (
         update(task_table)
-        .where(_owned)
-        .values({**new, "updated_at": case((changed, _NOW), else_=_t.updated_at)})
-        .returning(*PUBLIC_COLUMNS)
+        .where(where)
+        .values(values)
+        .returning(*(_t if locked else PUBLIC_COLUMNS))
     )
 
 
 async def update_task(
     conn: AsyncConnection, *, user_id: str, task_id: int, data: TaskUpdate | TaskReplace
-) -> TaskRow:
+) -> TaskRecord:
     """Apply the fields that were sent; the others keep their values, and `{}` changes nothing."""
     changes = data.model_dump()  # fields left out are MISSING, which model_dump drops
     if not changes:
         return await get_task(conn, user_id=user_id, task_id=task_id)
-    params = {f"new_{name}": value for name, value in changes.items()}
-    result = await conn.execute(
-        _update_statement(tuple(sorted(changes))),
-        {**params, **_key(user_id, task_id), "now": _now()},
+    params = {f"new_{name}": value for name, value in {**changes, **_derived(changes)}.items()}
+    params.update(_key(user_id, task_id), now=_now())
+    if changes.get("due_at") is not None:
+        params["new_offset_minutes"] = _offset_minutes(changes["due_at"])
+    elif "due_at" in changes:
+        params["new_offset_minutes"] = 0
+    fields = tuple(sorted(changes))
+    # Only a completion can create an occurrence: anything else is one statement, whatever the
+    # task. A completion of a task that may recur (now or after this write) takes the locked path.
+    completes = changes.get("completed") is True
+    if completes and changes.get("recurrence") is not None:
+        return await _write_locked(conn, _update_statement(fields, locked=True), params)
+    try:
+        result = await conn.execute(_update_statement(fields, completing=completes), params)
+    except sa_exc.IntegrityError:
+        raise _needs_due_date(changes) from None
+    row = result.mappings().first()
+    if row is None and completes:
+        return await _write_locked(conn, _update_statement(fields, locked=True), params)
+    return _one(row)
+
+
+def _needs_due_date(changes: dict[str, Any]) -> ValidationFailed:
+    # The table's CHECK: a recurring task has a due date. The body alone could not show it.
+    if "due_at" in changes:
+        return ValidationFailed(
+            "due_at: a recurring task needs a due date (clear its recurrence too)", field="due_at"
+        )
+    return ValidationFailed(
+        "recurrence: a recurring task needs a due_at (the task has none)", field="recurrence"
     )
-    return _one(result.mappings().first())
 
 
 async def set_completed(
     conn: AsyncConnection, *, user_id: str, task_id: int, completed: bool | None
-) -> TaskRow:
+) -> TaskRecord:
     """`completed=None` toggles, atomically in the database; a bool sets it (idempotent)."""
     if completed is not None:
         return await update_task(
             conn, user_id=user_id, task_id=task_id, data=TaskUpdate(completed=completed)
         )
-    result = await conn.execute(_TOGGLE, {**_key(user_id, task_id), "now": _now()})
-    return _one(result.mappings().first())
+    params = {**_key(user_id, task_id), "now": _now()}
+    row = (await conn.execute(_TOGGLE, params)).mappings().first()
+    if row is not None:
+        return dict(row)
+    return await _write_locked(conn, _TOGGLE_LOCKED, params)
 
 
-async def delete_task(conn: AsyncConnection, *, user_id: str, task_id: int) -> TaskRow:
+async def _write_locked(
+    conn: AsyncConnection, statement: Update, params: dict[str, Any]
+) -> TaskRecord:
+    """The update of a task that may recur: with the row locked, update it, and if that
+    completed it, create its next occurrence unless one exists already."""
+    async with db.transaction(conn):
+        if (await conn.execute(_LOCK, params)).first() is None:
+            raise TaskNotFound()
+        try:
+            row = (await conn.execute(statement, params)).mappings().one()
+        except sa_exc.IntegrityError:
+            raise _needs_due_date(
+                {k[4:]: v for k, v in params.items() if k.startswith("new_")}
+            ) from None
+        task = dict(row)
+        if task["completed"] and task["recurrence"] and task["next_occurrence_id"] is None:
+            occurrence = _next_occurrence(task, params["now"])
+            if occurrence is not None:
+                created = await conn.execute(insert(task_table).returning(_t.id), occurrence)
+                await conn.execute(_LINK, {"key_id": task["id"], "next_id": created.scalar_one()})
+    return _public(task)
+
+
+def next_due(
+    anchor: datetime, *, offset_minutes: int, count: int, frequency: str, interval: int
+) -> datetime | None:
+    """Occurrence `count + 1` of a series that started at `anchor`, in the calendar of the UTC
+    offset its due date was given in. Months and years are counted from the anchor, so a day
+    missing from a month is that month's last day (Jan 31 → Feb 28/29 → Mar 31; Feb 29 yearly
+    → Feb 28, and Feb 29 again in leap years). None past year 9999: the series ends there."""
+    local = anchor.astimezone(timezone(timedelta(minutes=offset_minutes)))
+    steps = (count + 1) * interval
+    try:
+        if frequency == "daily":
+            return (local + timedelta(days=steps)).astimezone(UTC)
+        if frequency == "weekly":
+            return (local + timedelta(weeks=steps)).astimezone(UTC)
+        months = steps * (12 if frequency == "yearly" else 1)
+        year, month = divmod(local.month - 1 + months, 12)
+        year += local.year
+        day = min(local.day, calendar.monthrange(year, month + 1)[1])
+        return local.replace(year=year, month=month + 1, day=day).astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+def _next_occurrence(task: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    rule = task["recurrence"]
+    due = next_due(
+        task["recurrence_anchor"] or task["due_at"],
+        offset_minutes=task["recurrence_offset_minutes"],
+        count=task["recurrence_count"],
+        frequency=rule["frequency"],
+        interval=rule["interval"],
+    )
+    if due is None:
+        return None
+    remind = task["remind_at"]
+    if remind is not None:
+        remind = due - (task["due_at"] - remind)  # the same time before the due date
+    copied = ("user_id", "title", "description", "priority", "tags", "recurrence")
+    internal = ("title_fold", "description_fold", "tag_keys", "recurrence_offset_minutes")
+    return {
+        **{name: task[name] for name in (*copied, *internal)},
+        "due_at": due,
+        "remind_at": remind,
+        "recurrence_anchor": task["recurrence_anchor"] or task["due_at"],
+        "recurrence_count": task["recurrence_count"] + 1,
+        "completed": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+async def delete_task(conn: AsyncConnection, *, user_id: str, task_id: int) -> TaskRecord:
     result = await conn.execute(_DELETE, _key(user_id, task_id))
     return _one(result.mappings().first())
+
+
+async def delete_tasks(conn: AsyncConnection, *, user_id: str, completed_only: bool) -> int:
+    """Clear the user's completed tasks, or all of them."""
+    statement = delete(task_table).where(_t.user_id == user_id)
+    if completed_only:
+        statement = statement.where(_t.completed)
+    result = await conn.execute(statement)
+    return int(result.rowcount)
+
+
+# --- listing -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Order:
+    """A sort as the list runs it: SQL expressions, each ascending or not, ending with the id;
+    and the same values computed from a returned task, for the cursor."""
+
+    keys: tuple[tuple[ColumnElement[Any], bool], ...]
+
+    def after(self, values: Sequence[Any]) -> ColumnElement[bool]:
+        """Rows strictly after `values` in this order: (a > x) or (a = x and (b > y or …))."""
+        condition: ColumnElement[bool] | None = None
+        for (expression, descending), value in reversed(list(zip(self.keys, values, strict=True))):
+            beyond = expression < value if descending else expression > value
+            condition = (
+                beyond if condition is None else or_(beyond, and_(expression == value, condition))
+            )
+        assert condition is not None
+        return condition
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NO_DUE = case((_t.due_at.is_(None), 1), else_=0)
+_DUE = func.coalesce(_t.due_at, literal(_EPOCH, UTCDateTime()))
+
+
+def _order(sort: str) -> _Order:
+    descending = sort.startswith("-")
+    name = sort.removeprefix("-")
+    if name == "due_at":
+        # Tasks without a due date come last in both directions.
+        return _Order(((_NO_DUE, False), (_DUE, descending), (_t.id, descending)))
+    column = _t.title_fold if name == "title" else _t[name]
+    return _Order(((column, descending), (_t.id, descending)))
+
+
+def _sort_values(sort: str, task: TaskRecord) -> list[Any]:
+    name = sort.removeprefix("-")
+    if name == "due_at":
+        due = task["due_at"]
+        return [1 if due is None else 0, _EPOCH if due is None else due, task["id"]]
+    if name == "title":
+        return [fold(task["title"]), task["id"]]
+    if name == "priority":
+        return [PRIORITIES.index(task["priority"]) + 1, task["id"]]
+    return [task[name], task["id"]]
+
+
+def _filters(user_id: str, query: TaskQuery, now: datetime) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = [_t.user_id == user_id]
+    if query.status != "all":
+        where.append(_t.completed if query.status == "completed" else ~_t.completed)
+    if query.priority:
+        where.append(_t.priority.in_(query.priority))
+    for tag in query.tag:
+        where.append(
+            _t.tag_keys.like(f"%{_TAG_SEPARATOR}{_like(fold(tag))}{_TAG_SEPARATOR}%", escape="\\")
+        )
+    if query.q is not None:
+        pattern = f"%{_like(fold(query.q))}%"
+        where.append(
+            or_(
+                _t.title_fold.like(pattern, escape="\\"),
+                _t.description_fold.like(pattern, escape="\\"),
+            )
+        )
+    if query.due_before is not None:
+        where.append(_t.due_at < query.due_before)
+    if query.due_after is not None:
+        where.append(_t.due_at >= query.due_after)
+    if query.overdue:
+        where.append(~_t.completed & (_t.due_at < now))
+    if query.remind_before is not None:
+        where.append(~_t.completed & (_t.remind_at < query.remind_before))
+    return where
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@dataclass(frozen=True)
+class Page:
+    tasks: list[TaskRecord]
+    total: int
+    cursor: str | None  # the next page's, while there is one
+
+
+async def list_tasks(conn: AsyncConnection, *, user_id: str, query: TaskQuery) -> Page:
+    """One page of the user's tasks matching the query, in its order, by key (no OFFSET: page
+    1,000 costs what page 1 costs, and a task inserted meanwhile is never returned twice),
+    with the number of all the tasks that match."""
+    where = _filters(user_id, query, _now())
+    order = _order(query.sort)
+    fingerprint = _fingerprint(user_id, query)
+    statement: Select[Any] = select(
+        *PUBLIC_COLUMNS,
+        select(func.count()).select_from(task_table).where(*where).scalar_subquery().label("total"),
+    ).where(*where)
+    if query.cursor is not None:
+        statement = statement.where(
+            order.after(_decode_cursor(query.cursor, query.sort, fingerprint))
+        )
+    statement = statement.order_by(
+        *(
+            expression.desc() if descending else expression.asc()
+            for expression, descending in order.keys
+        )
+    ).limit(query.limit + 1)
+    rows = [dict(row) for row in (await conn.execute(statement)).mappings()]
+    if rows:
+        total = rows[0]["total"]
+        for row in rows:
+            del row["total"]
+    else:
+        total = (
+            await conn.execute(select(func.count()).select_from(task_table).where(*where))
+        ).scalar_one()
+    cursor = None
+    if len(rows) > query.limit:
+        del rows[query.limit :]
+        cursor = _encode_cursor(_sort_values(query.sort, rows[-1]), fingerprint)
+    return Page(tasks=rows, total=total, cursor=cursor)
+
+
+def _fingerprint(user_id: str, query: TaskQuery) -> str:
+    # A cursor belongs to one user, sort and set of filters; `limit` may change between pages.
+    described = query.model_dump(mode="json", exclude={"cursor", "limit"})
+    return hashlib.sha256(
+        orjson.dumps([user_id, described], option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()[:16]
+
+
+def _encode_cursor(values: list[Any], fingerprint: str) -> str:
+    encoded = [value.isoformat() if isinstance(value, datetime) else value for value in values]
+    return (
+        base64.urlsafe_b64encode(orjson.dumps({"k": encoded, "f": fingerprint}))
+        .decode()
+        .rstrip("=")
+    )
+
+
+def _decode_cursor(cursor: str, sort: str, fingerprint: str) -> list[Any]:
+    malformed = ValidationFailed("cursor: is not a cursor this service made", field="cursor")
+    try:
+        document = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error):
+        raise malformed from None
+    if not isinstance(document, dict) or not isinstance(document.get("k"), list):
+        raise malformed
+    if document.get("f") != fingerprint:
+        raise ValidationFailed(
+            "cursor: belongs to another query (its filters or sort differ); start again "
+            "without a cursor",
+            field="cursor",
+        )
+    values = document["k"]
+    name = sort.removeprefix("-")
+    kinds: tuple[type, ...] = {
+        "due_at": (int, datetime, int),
+        "title": (str, int),
+        "priority": (int, int),
+    }.get(name, (datetime, int))
+    if len(values) != len(kinds):
+        raise malformed
+    decoded: list[Any] = []
+    for value, kind in zip(values, kinds, strict=True):
+        if kind is datetime:
+            try:
+                value = datetime.fromisoformat(value) if isinstance(value, str) else None
+            except ValueError:
+                value = None
+            if value is None or value.tzinfo is None:
+                raise malformed
+        elif not isinstance(value, kind) or isinstance(value, bool):
+            raise malformed
+        decoded.append(value)
+    return decoded
