@@ -161,6 +161,11 @@ def error_response(error: AppError, *, errors: Sequence[dict[str, str]] | None =
     body: dict[str, Any] = {"detail": error.detail, "code": error.code}
     if error.field is not None:
         body["field"] = error.field
+        if errors is None and isinstance(error, ValidationFailed):
+            # A rule checked outside the schema (in the database, say) is listed like the rest.
+            errors = [
+                {"field": error.field, "message": error.detail.removeprefix(f"{error.field}: ")}
+            ]
     if errors:
         body["errors"] = list(errors)
     return _render(body, error.status_code, error.headers())

@@ -28,7 +28,7 @@ from backend import db
 from backend.config import Settings
 from backend.main import create_app
 from backend.services.tasks import task_table
-from tests.conftest import SECRET, PostgresCluster, make_settings
+from tests.conftest import SECRET, PostgresCluster, app_client, make_settings
 
 INDEX = "ix_task_user_id_created_at_id"
 
@@ -248,3 +248,117 @@ async def test_timestamps_are_utc_aware(
         assert stored.tzinfo is not None
         assert stored.utcoffset() == timedelta(0)
     assert row.created_at == datetime.fromisoformat(sent["created_at"])
+
+
+def _alembic(conn: Connection, action: str, revision: str) -> None:
+    config = db.alembic_config()
+    config.attributes["connection"] = conn
+    getattr(command, action)(config, revision)
+
+
+async def _run_alembic(settings: Settings, action: str, revision: str) -> None:
+    engine = db.make_engine(settings, for_requests=False)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_alembic, action, revision)
+    finally:
+        await engine.dispose()
+
+
+async def test_organise_migration_upgrades_a_database_with_tasks_and_downgrades(
+    fresh_settings: Settings, auth: Callable[..., dict[str, str]]
+) -> None:
+    # A database as the first release left it, with tasks in it.
+    await _run_alembic(fresh_settings, "upgrade", "0001")
+    created = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    done = datetime(2026, 11, 21, 18, 0, tzinfo=UTC)
+    old_task = text(
+        "INSERT INTO task (user_id, title, description, completed, created_at, updated_at) "
+        "VALUES (:user_id, :title, :description, :completed, :created_at, :updated_at)"
+    )
+    rows = [
+        ("alice", "Écrire le RAPPORT", "Straße", False, created, created),
+        ("alice", "Paid", None, True, created, done),
+        ("bob", "Bob's", "b", False, created, created),
+    ]
+    engine = db.make_engine(fresh_settings, for_requests=False)
+    try:
+        async with engine.begin() as conn:
+            for user, title, description, completed, created_at, updated_at in rows:
+                await conn.execute(
+                    old_task,
+                    {
+                        "user_id": user,
+                        "title": title,
+                        "description": description,
+                        "completed": completed,
+                        # SQLite's DateTime stores naive UTC text; PostgreSQL takes aware values.
+                        "created_at": created_at
+                        if "postgresql" in fresh_settings.db_url
+                        else created_at.replace(tzinfo=None),
+                        "updated_at": updated_at
+                        if "postgresql" in fresh_settings.db_url
+                        else updated_at.replace(tzinfo=None),
+                    },
+                )
+    finally:
+        await engine.dispose()
+
+    await db.migrate(fresh_settings)
+    assert await inspect_db(fresh_settings, versions) == [head_revision()]
+    async with app_client(fresh_settings) as http:
+        listed = (await http.get("/api/alice/tasks?sort=title", headers=auth("alice"))).json()
+        defaults: dict[str, Any] = {
+            "priority": "medium",
+            "tags": [],
+            "due_at": None,
+            "remind_at": None,
+        }
+        assert [
+            {k: task[k] for k in ("title", "completed", "completed_at", *defaults)}
+            for task in listed
+        ] == [
+            {
+                "title": "Paid",
+                "completed": True,
+                "completed_at": "2026-11-21T18:00:00Z",  # its last update: the best known
+                **defaults,
+            },
+            {"title": "Écrire le RAPPORT", "completed": False, "completed_at": None, **defaults},
+        ]
+        # The folded search copies were filled in for the old rows.
+        found = await http.get("/api/alice/tasks?q=écrire le rapport", headers=auth("alice"))
+        assert [task["title"] for task in found.json()] == ["Écrire le RAPPORT"]
+        found = await http.get("/api/alice/tasks?q=STRASSE", headers=auth("alice"))
+        assert [task["title"] for task in found.json()] == ["Écrire le RAPPORT"]
+        # New fields work on old rows.
+        patched = await http.patch(
+            f"/api/alice/tasks/{listed[1]['id']}",
+            json={"priority": "high", "tags": ["work"]},
+            headers=auth("alice"),
+        )
+        assert patched.status_code == 200, patched.text
+
+    await _run_alembic(fresh_settings, "downgrade", "0001")
+
+    def old_rows(conn: Connection) -> list[tuple[Any, ...]]:
+        columns = [c["name"] for c in inspect(conn).get_columns("task")]
+        assert columns == [
+            "id",
+            "user_id",
+            "title",
+            "description",
+            "completed",
+            "created_at",
+            "updated_at",
+        ]
+        query = text("SELECT user_id, title, completed FROM task ORDER BY id")
+        return [tuple(row) for row in conn.execute(query)]
+
+    assert await inspect_db(fresh_settings, old_rows) == [
+        ("alice", "Écrire le RAPPORT", False),
+        ("alice", "Paid", True),
+        ("bob", "Bob's", False),
+    ]
+    await db.migrate(fresh_settings)
+    assert await inspect_db(fresh_settings, model_differences) == []
