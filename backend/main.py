@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_credentials=True,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Location"],
+            expose_headers=["Location", "Link", "X-Total-Count"],
         )
     return app
 

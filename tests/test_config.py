@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -280,6 +281,21 @@ async def test_cors_preflight(
         response = await http.get("/api/alice/tasks", headers={"Origin": "https://x.example"})
         assert response.status_code == 401, response.text
         assert "access-control-allow-origin" not in response.headers
+
+
+async def test_cors_exposes_the_headers_a_frontend_reads(
+    clean_env: None, tmp_path: Path, auth: Callable[..., dict[str, str]]
+) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'cors.db'}", cors_origins=ALLOWED)
+    await db.migrate(settings)
+    async with app_client(settings) as http:
+        headers = {"Origin": ALLOWED, **auth("alice")}
+        created = await http.post("/api/alice/tasks", json={"title": "t"}, headers=headers)
+        assert created.status_code == 201, created.text
+        listed = await http.get("/api/alice/tasks", headers=headers)
+        for response in (created, listed):
+            exposed = _tokens(response.headers["access-control-expose-headers"])
+            assert {"location", "link", "x-total-count"} <= exposed
 
 
 async def test_no_cors_without_origins(clean_env: None, tmp_path: Path) -> None:
