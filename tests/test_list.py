@@ -1,0 +1,569 @@
+"""GET and DELETE /api/{user_id}/tasks through the real app, on both databases: each filter alone
+and combined, each sort in both directions with ties and nulls, keyset paging by the `Link`
+header (also while tasks come and go), cursor misuse, and clearing tasks.
+
+Expected orders are computed by `ordered`, the contract's order written out in Python, or
+spelled out by hand. Timestamps are pinned in the database, never made by waiting."""
+
+import re
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import delete, insert, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backend import db
+from backend.config import Settings
+from backend.models.task import PRIORITIES
+from backend.services.tasks import PUBLIC_COLUMNS, fold, tag_keys, task_table
+from tests.test_tasks_api import assert_json, assert_validation
+
+Auth = Callable[..., dict[str, str]]
+Task = dict[str, Any]
+Predicate = Callable[[Task], bool]
+
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
+PAST = "2001-01-01T00:00:00Z"  # far from the clock either way: no test races it
+FUTURE = "2999-01-01T00:00:00Z"
+LINK = re.compile(r'<(/api/[^<>\s]+)>; rel="next"')
+SORT_KEYS = ("created_at", "updated_at", "due_at", "priority", "title")
+ALL_SORTS = [f"{sign}{name}" for name in SORT_KEYS for sign in ("", "-")]
+MAX_PAGES = 200  # every walk ends well before this
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """A direct, transactional engine on the test database, for rows the API cannot make
+    quickly (hundreds of tasks, pinned timestamps)."""
+    engine = db.make_engine(settings, for_requests=False)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def row(n: int, *, user: str = "alice", **fields: Any) -> dict[str, Any]:
+    """Every column of a task row, the internal ones derived as the service derives them."""
+    values: dict[str, Any] = {
+        "user_id": user,
+        "title": f"task {n}",
+        "description": None,
+        "completed": False,
+        "created_at": BASE + timedelta(seconds=n),
+        "updated_at": BASE + timedelta(seconds=n),
+        "priority": "medium",
+        "tags": [],
+        "due_at": None,
+        "remind_at": None,
+        **fields,
+    }
+    values["completed_at"] = values["updated_at"] if values["completed"] else None
+    values["title_fold"] = fold(values["title"])
+    description = values["description"]
+    values["description_fold"] = None if description is None else fold(description)
+    values["tag_keys"] = tag_keys(values["tags"])
+    return values
+
+
+WORDS = ("alpha", "ALPHA", "Beta", "beta")
+TAG_SETS: tuple[list[str], ...] = (["work"], ["Work", "home"], [], ["home"], ["workout"])
+
+
+def varied(n: int, *, user: str = "alice") -> dict[str, Any]:
+    """Task n of a large list: many ties on every sort key (titles equal but for case, shared
+    timestamps, due dates and priorities), a fifth without a due date, some completed."""
+    return row(
+        n,
+        user=user,
+        title=f"{WORDS[n % 4]} {n % 7}",
+        description="notes on alpha" if n % 10 == 3 else None,
+        completed=n % 6 == 1,
+        priority=PRIORITIES[n % 3],
+        tags=TAG_SETS[(n // 2) % 5],
+        created_at=BASE + timedelta(minutes=n // 3),
+        updated_at=BASE + timedelta(minutes=(n * 7) % 50),
+        due_at=None if n % 5 == 0 else BASE + timedelta(days=n % 11),
+    )
+
+
+async def insert_rows(engine: AsyncEngine, rows: list[dict[str, Any]]) -> list[Task]:
+    """Insert the rows in one statement; the tasks come back as the database holds them."""
+    statement = insert(task_table).returning(*PUBLIC_COLUMNS, sort_by_parameter_order=True)
+    async with engine.begin() as conn:
+        return [dict(task) for task in (await conn.execute(statement, rows)).mappings()]
+
+
+async def pin(engine: AsyncEngine, task_id: int, **values: Any) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(update(task_table).where(task_table.c.id == task_id).values(values))
+
+
+async def delete_row(engine: AsyncEngine, task_id: int) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(delete(task_table).where(task_table.c.id == task_id))
+
+
+def as_json(tasks: list[Task]) -> list[Task]:
+    """Tasks read from the database, as the API renders them."""
+    rendered: list[Task] = orjson.loads(orjson.dumps(tasks, option=orjson.OPT_UTC_Z))
+    return rendered
+
+
+def _time(value: datetime | str) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def ordered(tasks: Iterable[Task], sort: str) -> list[Task]:
+    """The contract's order: by the key, ties by id in the same direction; titles compared
+    case-folded; priority low → high; tasks without a due date last in both directions."""
+    descending = sort.startswith("-")
+    name = sort.removeprefix("-")
+
+    def key(task: Task) -> tuple[Any, int]:
+        if name == "title":
+            return fold(task["title"]), task["id"]
+        if name == "priority":
+            return PRIORITIES.index(task["priority"]), task["id"]
+        return _time(task[name]), task["id"]
+
+    tasks = list(tasks)
+    if name == "due_at":
+        dated = [task for task in tasks if task["due_at"] is not None]
+        undated = [task for task in tasks if task["due_at"] is None]
+        return sorted(dated, key=key, reverse=descending) + sorted(
+            undated, key=lambda task: task["id"], reverse=descending
+        )
+    return sorted(tasks, key=key, reverse=descending)
+
+
+def ids(tasks: Iterable[Task]) -> list[int]:
+    return [task["id"] for task in tasks]
+
+
+def titles(tasks: Iterable[Task]) -> list[str]:
+    return [task["title"] for task in tasks]
+
+
+def tasks_url(params: dict[str, str] | list[tuple[str, str]], user: str = "alice") -> str:
+    return f"/api/{user}/tasks?{urlencode(params)}"
+
+
+@dataclass
+class Page:
+    tasks: list[Task]
+    total: int
+    next: str | None  # the URL of the Link header
+
+
+async def get_page(client: httpx.AsyncClient, auth: Auth, url: str, user: str = "alice") -> Page:
+    response = await client.get(url, headers=auth(user))
+    tasks: list[Task] = assert_json(response)
+    link = response.headers.get("link")
+    match = None if link is None else LINK.fullmatch(link)
+    assert link is None or match is not None, link
+    return Page(tasks, int(response.headers["x-total-count"]), None if match is None else match[1])
+
+
+async def walk(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    url: str,
+    *,
+    between: Callable[[Page], Any] | None = None,
+    user: str = "alice",
+) -> list[Page]:
+    """Follow the Link headers from `url` to the last page; `between(page)` runs after each
+    page that has a next one."""
+    pages: list[Page] = []
+    next_url: str | None = url
+    for _ in range(MAX_PAGES):
+        if next_url is None:
+            return pages
+        page = await get_page(client, auth, next_url, user)
+        pages.append(page)
+        if page.next is not None:
+            # The next page's URL is this one's query, with the cursor replaced.
+            sent = [(k, v) for k, v in parse_qsl(urlsplit(next_url).query) if k != "cursor"]
+            assert parse_qsl(urlsplit(page.next).query)[:-1] == sent
+            assert urlsplit(page.next).path == urlsplit(url).path
+            if between is not None:
+                await between(page)
+        next_url = page.next
+    raise AssertionError(f"more than {MAX_PAGES} pages")
+
+
+def chunks(tasks: list[Task], size: int) -> list[list[Task]]:
+    return [tasks[start : start + size] for start in range(0, len(tasks), size)]
+
+
+async def create(
+    client: httpx.AsyncClient, auth: Auth, body: dict[str, Any], user: str = "alice"
+) -> Task:
+    task: Task = assert_json(
+        await client.post(f"/api/{user}/tasks", json=body, headers=auth(user)), 201
+    )
+    return task
+
+
+async def listed(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    params: dict[str, str] | list[tuple[str, str]],
+    user: str = "alice",
+) -> list[Task]:
+    """The whole list for these parameters (one page), after checking its count."""
+    page = await get_page(client, auth, tasks_url(params, user), user)
+    assert page.next is None
+    assert page.total == len(page.tasks)
+    return page.tasks
+
+
+def newest_first(tasks: list[Task], *wanted: str) -> list[str]:
+    """The titles `wanted`, in the default order of the tasks that carry them."""
+    return titles(ordered((task for task in tasks if task["title"] in wanted), "-created_at"))
+
+
+# --- filters ---------------------------------------------------------------------------------
+
+MILK = "Buy milk"
+REPORT = "Write REPORT"
+CALL = "Call the Straße office"
+DEAL = "100% done_deal"
+CAFE = "Café visit"
+RENT = "Pay rent"
+FILTER_TASKS: list[dict[str, Any]] = [
+    {
+        "title": MILK,
+        "description": "2 litres",
+        "priority": "low",
+        "tags": ["Shopping", "Éte"],
+        "due_at": "2900-03-01T10:00:00+02:00",
+        "remind_at": "2900-03-01T09:00:00+02:00",
+    },
+    {
+        "title": REPORT,
+        "description": "Quarterly numbers",
+        "priority": "high",
+        "tags": ["work"],
+        "due_at": PAST,
+        "remind_at": PAST,
+        "completed": True,
+    },
+    {
+        "title": CALL,
+        "priority": "high",
+        "tags": ["Work", "phone"],
+        "due_at": FUTURE,
+        "remind_at": "2026-06-01T00:00:00Z",
+    },
+    {"title": DEAL, "description": "saved in C:\\temp", "tags": ["workout", "50%_off"]},
+    {"title": CAFE, "description": "try the ÉCLAIR", "due_at": PAST},
+    # Due at the same instant as the milk, written in another offset.
+    {
+        "title": RENT,
+        "priority": "low",
+        "tags": ["home"],
+        "due_at": "2900-03-01T08:00:00Z",
+        "completed": True,
+    },
+]
+
+
+@pytest.fixture
+async def filter_tasks(client: httpx.AsyncClient, auth: Auth) -> list[Task]:
+    tasks = [await create(client, auth, body) for body in FILTER_TASKS]
+    await create(client, auth, {"title": "Buy milk too", "tags": ["work"]}, user="bob")
+    return tasks
+
+
+async def assert_filters(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    tasks: list[Task],
+    cases: list[tuple[dict[str, str] | list[tuple[str, str]], list[str]]],
+) -> None:
+    """Each query lists exactly the tasks with these titles, in the default order, with
+    X-Total-Count saying as many."""
+    for params, wanted in cases:
+        got = titles(await listed(client, auth, params))
+        assert got == newest_first(tasks, *wanted), params
+
+
+async def test_filter_status(
+    client: httpx.AsyncClient, auth: Auth, filter_tasks: list[Task]
+) -> None:
+    everything = [MILK, REPORT, CALL, DEAL, CAFE, RENT]
+    await assert_filters(
+        client,
+        auth,
+        filter_tasks,
+        [
+            ({}, everything),
+            ({"status": "all"}, everything),
+            ({"status": "pending"}, [MILK, CALL, DEAL, CAFE]),
+            ({"status": "completed"}, [REPORT, RENT]),
+        ],
+    )
+    # The body is the tasks exactly as they were created.
+    assert await listed(client, auth, {"status": "completed"}) == [
+        filter_tasks[5],
+        filter_tasks[1],
+    ]
+
+
+async def test_filter_priority(
+    client: httpx.AsyncClient, auth: Auth, filter_tasks: list[Task]
+) -> None:
+    await assert_filters(
+        client,
+        auth,
+        filter_tasks,
+        [
+            ({"priority": "low"}, [MILK, RENT]),
+            ({"priority": "medium"}, [DEAL, CAFE]),
+            ({"priority": "high"}, [REPORT, CALL]),
+            ({"priority": "high,low"}, [MILK, REPORT, CALL, RENT]),
+            ({"priority": "low, high"}, [MILK, REPORT, CALL, RENT]),
+            ([("priority", "high"), ("priority", "medium")], [REPORT, CALL, DEAL, CAFE]),
+            ({"priority": "low,medium,high"}, [MILK, REPORT, CALL, DEAL, CAFE, RENT]),
+        ],
+    )
+
+
+async def test_filter_tags_all_given_case_insensitive(
+    client: httpx.AsyncClient, auth: Auth, filter_tasks: list[Task]
+) -> None:
+    await assert_filters(
+        client,
+        auth,
+        filter_tasks,
+        [
+            # "work" is not "workout": a tag matches whole.
+            ({"tag": "work"}, [REPORT, CALL]),
+            ({"tag": "WORK"}, [REPORT, CALL]),
+            ({"tag": "  Work "}, [REPORT, CALL]),
+            ([("tag", "work"), ("tag", "PHONE")], [CALL]),
+            ([("tag", "work"), ("tag", "shopping")], []),
+            ({"tag": "éTE"}, [MILK]),
+            ({"tag": "ÉTE"}, [MILK]),
+            ({"tag": "home"}, [RENT]),
+            ({"tag": "nothing"}, []),
+            # LIKE's wildcards in a tag are plain characters.
+            ({"tag": "50%_OFF"}, [DEAL]),
+            ({"tag": "50%"}, []),
+            ({"tag": "50%_of_"}, []),
+            ({"tag": "5__"}, []),
+            ({"tag": "%"}, []),
+        ],
+    )
+
+
+async def test_filter_q_searches_title_and_description(
+    client: httpx.AsyncClient, auth: Auth, filter_tasks: list[Task]
+) -> None:
+    await assert_filters(
+        client,
+        auth,
+        filter_tasks,
+        [
+            ({"q": "milk"}, [MILK]),
+            ({"q": "MiLk"}, [MILK]),
+            ({"q": "  milk  "}, [MILK]),
+            ({"q": "LITRES"}, [MILK]),  # the description
+            ({"q": "o"}, [REPORT, CALL, DEAL]),
+            ({"q": "nowhere"}, []),
+            # Any script: É finds é and é finds É; ß is ss (full case folding).
+            ({"q": "CAFÉ"}, [CAFE]),
+            ({"q": "éclair"}, [CAFE]),
+            ({"q": "É"}, [CAFE]),
+            ({"q": "ß"}, [CALL]),
+            ({"q": "STRASSE"}, [CALL]),
+            # LIKE's wildcards and its escape character are plain characters.
+            ({"q": "%"}, [DEAL]),
+            ({"q": "_"}, [DEAL]),
+            ({"q": "\\"}, [DEAL]),
+            ({"q": "0% d"}, [DEAL]),
+            ({"q": "1%d"}, []),
+            ({"q": "1_0"}, []),
+            ({"q": "c:\\t"}, [DEAL]),
+            ({"q": "c:_t"}, []),
+        ],
+    )
+
+
+async def test_filter_due_before_and_after(
+    client: httpx.AsyncClient, auth: Auth, filter_tasks: list[Task]
+) -> None:
+    # 2900-03-01T08:00:00Z is when both the milk and the rent are due.
+    await assert_filters(
+        client,
+        auth,
+        filter_tasks,
+        [
+            ({"due_after": "2900-03-01T10:00:00+02:00"}, [MILK, CALL, RENT]),
+            ({"due_after": "2900-03-01T08:00:00.000001Z"}, [CALL]),
+            ({"due_before": "2900-03-01T09:00:00+01:00"}, [REPORT, CAFE]),
+            ({"due_before": "2900-03-01T08:00:00.000001Z"}, [MILK, REPORT, CAFE, RENT]),
+            (
+                {"due_after": "2900-02-28T19:00:00-05:00", "due_before": "2900-03-02T00:00:00Z"},
+                [MILK, RENT],
+            ),
+            ({"due_after": "2900-03-02T00:00:00Z", "due_before": "2900-03-01T00:00:00Z"}, []),
+        ],
+    )
+    # The + of an offset travels as %2B, as the route's description says.
+    for url in (
+        "/api/alice/tasks?due_after=2900-03-01T10:00:00%2B02:00",
+        "/api/alice/tasks?due_after=2900-03-01T10%3A00%3A00%2B02%3A00",
+    ):
+        page = await get_page(client, auth, url)
+        assert titles(page.tasks) == newest_first(filter_tasks, MILK, CALL, RENT)
+
+
+async def test_filter_overdue(
+    client: httpx.AsyncClient, auth: Auth, filter_tasks: list[Task]
+) -> None:
+    # The report is due in the past but completed; the call and milk are due in the future;
+    # the deal has no due date.
+    everything = [MILK, REPORT, CALL, DEAL, CAFE, RENT]
+    await assert_filters(
+        client,
+        auth,
+        filter_tasks,
+        [
+            ({"overdue": "true"}, [CAFE]),
+            ({"overdue": "false"}, everything),
+            ({"overdue": "true", "status": "completed"}, []),
+        ],
+    )
+
+
+async def test_filter_remind_before(
+    client: httpx.AsyncClient, auth: Auth, filter_tasks: list[Task]
+) -> None:
+    # The report's reminder is in the past, but the report is completed.
+    await assert_filters(
+        client,
+        auth,
+        filter_tasks,
+        [
+            ({"remind_before": "2900-01-01T00:00:00Z"}, [CALL]),
+            ({"remind_before": "2900-03-01T07:00:00Z"}, [CALL]),
+            ({"remind_before": "2900-03-01T09:00:00.000001+02:00"}, [MILK, CALL]),
+            ({"remind_before": "2026-06-01T00:00:00Z"}, []),
+        ],
+    )
+
+
+async def test_filters_combine(
+    client: httpx.AsyncClient, auth: Auth, filter_tasks: list[Task]
+) -> None:
+    await assert_filters(
+        client,
+        auth,
+        filter_tasks,
+        [
+            ({"status": "pending", "priority": "high,low", "tag": "work"}, [CALL]),
+            ({"status": "pending", "priority": "high,low"}, [MILK, CALL]),
+            ({"status": "pending", "q": "o", "priority": "medium"}, [DEAL]),
+            ({"status": "completed", "tag": "WORK", "q": "numbers"}, [REPORT]),
+            ({"overdue": "true", "priority": "medium", "q": "café"}, [CAFE]),
+            ({"q": "o", "due_before": FUTURE}, [REPORT]),
+            ({"q": "o", "due_after": PAST, "status": "pending"}, [CALL]),
+            ([("tag", "work"), ("tag", "phone"), ("remind_before", FUTURE)], [CALL]),
+            ({"priority": "low", "tag": "éte", "due_after": "2900-03-01T08:00:00Z"}, [MILK]),
+            ({"priority": "low", "status": "pending", "q": "rent"}, []),
+        ],
+    )
+
+
+async def test_unknown_parameters_are_ignored(
+    client: httpx.AsyncClient, auth: Auth, filter_tasks: list[Task]
+) -> None:
+    await assert_filters(
+        client,
+        auth,
+        filter_tasks,
+        [
+            (
+                {"user_id": "bob", "page": "2", "offset": "3", "completed": "true"},
+                [MILK, REPORT, CALL, DEAL, CAFE, RENT],
+            ),
+            (
+                {"status": "pending", "Status": "completed", "tags": "home"},
+                [MILK, CALL, DEAL, CAFE],
+            ),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("status", "done"),
+        ("status", "PENDING"),
+        ("status", ""),
+        ("priority", "urgent"),
+        ("priority", "high,urgent"),
+        ("priority", "high,"),
+        ("priority", ""),
+        ("tag", ""),
+        ("tag", "   "),
+        ("tag", "x" * 33),
+        ("tag", "a\x01b"),
+        ("q", ""),
+        ("q", "   "),
+        ("q", "x" * 101),
+        ("q", "a\x00b"),
+        ("due_before", "garbage"),
+        ("due_before", "2026-01-01T00:00:00"),  # naive
+        ("due_before", "2026-01-01"),
+        ("due_after", "2026-13-01T00:00:00Z"),
+        ("due_after", "2026-01-01T00:00:00 02:00"),  # a + sent unencoded arrives as a space
+        ("due_after", "1700000000"),
+        ("remind_before", "tomorrow"),
+        ("remind_before", "2026-01-01T00:00:00"),
+        ("overdue", "maybe"),
+        ("overdue", ""),
+        ("sort", "foo"),
+        ("sort", "-foo"),
+        ("sort", "--title"),
+        ("sort", "Title"),
+        ("sort", "id"),
+        ("sort", "+title"),
+        ("limit", "0"),
+        ("limit", "501"),
+        ("limit", "-1"),
+        ("limit", "1.5"),
+        ("limit", "ten"),
+        ("cursor", ""),
+        ("cursor", "x" * 1001),
+    ],
+)
+async def test_bad_value_of_a_known_parameter_is_422(
+    client: httpx.AsyncClient, auth: Auth, field: str, value: str
+) -> None:
+    response = await client.get(
+        "/api/alice/tasks", params={field: value, "unknown": "x"}, headers=auth("alice")
+    )
+    assert_validation(response, field)
+
+
+async def test_an_unencoded_plus_gets_a_hint(client: httpx.AsyncClient, auth: Auth) -> None:
+    response = await client.get(
+        "/api/alice/tasks?due_before=2026-01-01T00:00:00+02:00", headers=auth("alice")
+    )
+    assert_validation(response, "due_before")
+    assert response.json()["detail"] == (
+        "due_before: must be an ISO-8601 date and time with an offset; send the offset's + as "
+        "%2B (a + in a query string means a space)"
+    )
