@@ -5,6 +5,8 @@ header (also while tasks come and go), cursor misuse, and clearing tasks.
 Expected orders are computed by `ordered`, the contract's order written out in Python, or
 spelled out by hand. Timestamps are pinned in the database, never made by waiting."""
 
+import base64
+import json
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -95,21 +97,21 @@ def varied(n: int, *, user: str = "alice") -> dict[str, Any]:
     )
 
 
-async def insert_rows(engine: AsyncEngine, rows: list[dict[str, Any]]) -> list[Task]:
-    """Insert the rows in one statement; the tasks come back as the database holds them."""
+async def insert_rows(
+    engine: AsyncEngine, rows: list[dict[str, Any]], *, deleting: int | None = None
+) -> list[Task]:
+    """Insert the rows in one statement (and delete the task `deleting`, in the same
+    transaction); the tasks come back as the database holds them."""
     statement = insert(task_table).returning(*PUBLIC_COLUMNS, sort_by_parameter_order=True)
     async with engine.begin() as conn:
+        if deleting is not None:
+            await conn.execute(delete(task_table).where(task_table.c.id == deleting))
         return [dict(task) for task in (await conn.execute(statement, rows)).mappings()]
 
 
 async def pin(engine: AsyncEngine, task_id: int, **values: Any) -> None:
     async with engine.begin() as conn:
         await conn.execute(update(task_table).where(task_table.c.id == task_id).values(values))
-
-
-async def delete_row(engine: AsyncEngine, task_id: int) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(delete(task_table).where(task_table.c.id == task_id))
 
 
 def as_json(tasks: list[Task]) -> list[Task]:
@@ -567,3 +569,290 @@ async def test_an_unencoded_plus_gets_a_hint(client: httpx.AsyncClient, auth: Au
         "due_before: must be an ISO-8601 date and time with an offset; send the offset's + as "
         "%2B (a + in a query string means a space)"
     )
+
+
+# --- sorting ---------------------------------------------------------------------------------
+
+# Six tasks, A to F in the order of their ids, with ties on every key: titles equal but for
+# case, shared timestamps, the same due instant written in two offsets, shared priorities.
+SORT_TASKS = {
+    "A": {"title": "banana", "priority": "high", "due_at": "2026-04-01T00:00:00Z"},
+    "B": {"title": "Apple", "priority": "low"},
+    "C": {"title": "apple", "priority": "medium", "due_at": "2026-03-01T09:00:00+02:00"},
+    "D": {"title": "cherry", "priority": "high", "due_at": "2026-04-01T02:00:00+02:00"},
+    "E": {"title": "Banana", "priority": "low"},
+    "F": {"title": "éclair", "priority": "medium", "due_at": "2026-03-01T07:00:00Z"},
+}
+HOUR = timedelta(hours=1)
+SORT_TIMES = {  # created_at, updated_at
+    "A": (BASE, BASE + 30 * HOUR),
+    "B": (BASE + HOUR, BASE + 10 * HOUR),
+    "C": (BASE, BASE + 10 * HOUR),
+    "D": (BASE + 2 * HOUR, BASE + 20 * HOUR),
+    "E": (BASE + HOUR, BASE + 30 * HOUR),
+    "F": (BASE, BASE + 20 * HOUR),
+}
+SORTED = {
+    "created_at": "ACFBED",
+    "-created_at": "DEBFCA",
+    "updated_at": "BCDFAE",
+    "-updated_at": "EAFDCB",
+    "due_at": "CFADBE",  # without a due date: last
+    "-due_at": "DAFCEB",  # without a due date: last too
+    "priority": "BECFAD",  # low → high
+    "-priority": "DAFCEB",
+    "title": "BCAEDF",  # case-insensitive; é after the ASCII letters
+    "-title": "FDEACB",
+}
+
+
+@pytest.mark.parametrize("sort", ALL_SORTS)
+async def test_sort(client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine, sort: str) -> None:
+    by_letter = {}
+    for letter, body in SORT_TASKS.items():
+        task = await create(client, auth, body)
+        created_at, updated_at = SORT_TIMES[letter]
+        await pin(engine, task["id"], created_at=created_at, updated_at=updated_at)
+        by_letter[letter] = {
+            **task,
+            "created_at": created_at.isoformat().replace("+00:00", "Z"),
+            "updated_at": updated_at.isoformat().replace("+00:00", "Z"),
+        }
+    expected = [by_letter[letter] for letter in SORTED[sort]]
+    assert ordered(by_letter.values(), sort) == expected  # the test's own model agrees
+    assert await listed(client, auth, {"sort": sort}) == expected
+    # Page by page, across every tie.
+    for limit in (1, 4):
+        pages = await walk(client, auth, tasks_url({"sort": sort, "limit": str(limit)}))
+        assert [page.tasks for page in pages] == chunks(expected, limit)
+        assert [page.total for page in pages] == [6] * len(pages)
+
+
+async def test_default_sort_is_newest_first(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    tasks = []
+    for letter, body in SORT_TASKS.items():
+        task = await create(client, auth, body)
+        await pin(engine, task["id"], created_at=SORT_TIMES[letter][0])
+        tasks.append(task["id"])
+    by_id = {task["id"]: task for task in await listed(client, auth, {"sort": "-created_at"})}
+    assert [task["title"] for task in await listed(client, auth, {})] == [
+        SORT_TASKS[letter]["title"] for letter in SORTED["-created_at"]
+    ]
+    assert ids(await listed(client, auth, {})) == ids(ordered(by_id.values(), "-created_at"))
+
+
+# --- cursor misuse ---------------------------------------------------------------------------
+
+NOT_OURS = "cursor: is not a cursor this service made"
+FOREIGN = (
+    "cursor: belongs to another query (its filters or sort differ); start again without a cursor"
+)
+
+
+def assert_cursor_refused(response: httpx.Response, detail: str) -> None:
+    assert response.status_code == 422, response.text
+    assert response.json() == {"detail": detail, "code": "VALIDATION_ERROR", "field": "cursor"}
+
+
+def encode(document: Any) -> str:
+    # json, not orjson: it writes integers beyond 64 bits too.
+    return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
+
+
+def forged(cursor: str, keys: list[Any]) -> str:
+    """The cursor with its position replaced: what a client that decodes the opaque cursor
+    could send."""
+    document = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    return encode({**document, "k": keys})
+
+
+async def next_cursor(
+    client: httpx.AsyncClient, auth: Auth, params: dict[str, str], user: str = "alice"
+) -> str:
+    page = await get_page(client, auth, tasks_url({**params, "limit": "1"}, user), user)
+    assert page.next is not None
+    return dict(parse_qsl(urlsplit(page.next).query))["cursor"]
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "garbage!",
+        "abc",
+        "a",
+        "é",
+        "%%%",
+        base64.urlsafe_b64encode(b"\x00\xffgarbage").decode(),
+        encode([1, 2]),
+        encode("text"),
+        encode({"f": "0123456789abcdef"}),
+        encode({"k": "2026-01-01T00:00:00Z", "f": "0123456789abcdef"}),
+    ],
+)
+async def test_a_cursor_this_service_did_not_make_is_422(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine, cursor: str
+) -> None:
+    await insert_rows(engine, [row(n) for n in range(3)])
+    response = await client.get(
+        "/api/alice/tasks", params={"cursor": cursor}, headers=auth("alice")
+    )
+    assert_cursor_refused(response, NOT_OURS)
+
+
+async def test_a_cursor_of_a_bogus_fingerprint_is_422(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    await insert_rows(engine, [row(n) for n in range(3)])
+    cursor = encode({"k": ["2026-01-01T00:00:00Z", 1], "f": "0123456789abcdef"})
+    response = await client.get(
+        "/api/alice/tasks", params={"cursor": cursor}, headers=auth("alice")
+    )
+    assert_cursor_refused(response, FOREIGN)
+
+
+@pytest.mark.parametrize(
+    ("made_with", "used_with"),
+    [
+        ({"sort": "title"}, {"sort": "-title"}),
+        ({"sort": "title"}, {"sort": "priority"}),
+        ({}, {"sort": "-updated_at"}),
+        ({"sort": "-created_at"}, {"sort": "created_at"}),
+        ({"status": "pending"}, {}),
+        ({"status": "pending"}, {"status": "completed"}),
+        ({"tag": "work"}, {"tag": "home"}),
+        ({"tag": "work"}, {}),
+        ({"q": "task"}, {"q": "tas"}),
+        ({"priority": "low,medium"}, {"priority": "medium"}),
+        ({"overdue": "true"}, {}),
+        ({"due_before": "2027-01-01T00:00:00Z"}, {"due_before": "2027-01-02T00:00:00Z"}),
+        ({"remind_before": "2027-01-01T00:00:00Z"}, {}),
+    ],
+)
+async def test_a_cursor_of_another_query_is_422(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    engine: AsyncEngine,
+    made_with: dict[str, str],
+    used_with: dict[str, str],
+) -> None:
+    await insert_rows(
+        engine,
+        [
+            row(n, tags=["work", "home"], priority=PRIORITIES[n % 2], due_at=BASE, remind_at=BASE)
+            for n in range(4)
+        ],
+    )
+    cursor = await next_cursor(client, auth, made_with)
+    response = await client.get(
+        "/api/alice/tasks", params={**used_with, "cursor": cursor}, headers=auth("alice")
+    )
+    assert_cursor_refused(response, FOREIGN)
+
+
+async def test_a_cursor_of_another_user_is_422(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    await insert_rows(engine, [row(n, user=user) for n in range(3) for user in ("alice", "bob")])
+    cursor = await next_cursor(client, auth, {}, user="bob")
+    response = await client.get(
+        "/api/alice/tasks", params={"cursor": cursor, "limit": "1"}, headers=auth("alice")
+    )
+    assert_cursor_refused(response, FOREIGN)
+
+
+@pytest.mark.parametrize(
+    ("sort", "keys"),
+    [
+        ("-created_at", []),
+        ("-created_at", [1]),
+        ("-created_at", ["2026-01-01T00:00:00Z", 1, 1]),
+        ("-created_at", ["2026-01-01T00:00:00", 1]),  # naive
+        ("-created_at", ["2026-01-01", 1]),
+        ("-created_at", ["yesterday", 1]),
+        ("-created_at", [1767225600, 1]),
+        ("-created_at", ["0001-01-01T00:00:00+01:00", 1]),  # before year 1 in UTC
+        ("-created_at", ["9999-12-31T23:59:59-01:00", 1]),  # after year 9999 in UTC
+        ("-created_at", ["2026-01-01T00:00:00Z", "1"]),
+        ("-created_at", ["2026-01-01T00:00:00Z", 1.0]),
+        ("-created_at", ["2026-01-01T00:00:00Z", True]),
+        ("-created_at", ["2026-01-01T00:00:00Z", None]),
+        ("-created_at", ["2026-01-01T00:00:00Z", 2**63]),
+        ("-created_at", ["2026-01-01T00:00:00Z", -(2**63) - 1]),
+        ("-created_at", ["2026-01-01T00:00:00Z", 2**64]),
+        ("-created_at", ["2026-01-01T00:00:00Z", 10**30]),
+        ("-updated_at", [["2026-01-01T00:00:00Z"], 1]),
+        ("title", ["a\x00b", 1]),
+        ("title", [1, 1]),
+        ("title", [None, 1]),
+        ("priority", ["urgent", 1]),
+        ("priority", [2, 1]),
+        ("priority", ["HIGH", 1]),
+        ("due_at", [0, "2026-01-01T00:00:00Z"]),
+        ("due_at", [2, "2026-01-01T00:00:00Z", 1]),
+        ("due_at", [False, "2026-01-01T00:00:00Z", 1]),
+        ("due_at", [0, None, 1]),
+    ],
+)
+async def test_a_tampered_cursor_is_422_never_500(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine, sort: str, keys: list[Any]
+) -> None:
+    await insert_rows(engine, [row(n) for n in range(3)])
+    cursor = forged(await next_cursor(client, auth, {"sort": sort}), keys)
+    response = await client.get(
+        "/api/alice/tasks", params={"sort": sort, "cursor": cursor}, headers=auth("alice")
+    )
+    assert_cursor_refused(response, NOT_OURS)
+
+
+def _created(task: Task, offset: str = "+00:00") -> str:
+    when = _time(task["created_at"])
+    hours = int(offset[1:3]) * (1 if offset[0] == "+" else -1)
+    return (when + timedelta(hours=hours)).isoformat().replace("+00:00", offset)
+
+
+# (sort, the position as keys of the tasks in that order, how many tasks come before it)
+POSITIONS: list[tuple[str, Callable[[list[Task]], list[Any]], int]] = [
+    ("created_at", lambda tasks: [_created(tasks[1]), tasks[1]["id"]], 2),
+    ("-created_at", lambda tasks: [_created(tasks[1], "+05:00"), tasks[1]["id"]], 2),
+    ("title", lambda tasks: ["task 1", tasks[1]["id"]], 2),
+    ("title", lambda tasks: ["task 1", 0], 1),
+    ("-title", lambda tasks: ["task 1", 0], 3),
+    ("priority", lambda tasks: ["medium", tasks[2]["id"]], 3),
+    ("-due_at", lambda tasks: [1, "1970-01-01T00:00:00Z", tasks[2]["id"]], 3),
+    ("-created_at", lambda tasks: ["9999-12-31T23:59:59Z", 2**63 - 1], 0),
+    ("created_at", lambda tasks: ["0001-01-01T00:00:00Z", -(2**63)], 0),
+    ("created_at", lambda tasks: ["9999-12-31T23:59:59Z", 2**63 - 1], 4),
+]
+
+
+@pytest.mark.parametrize(("sort", "position", "before"), POSITIONS)
+async def test_a_well_formed_cursor_is_only_a_position(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    engine: AsyncEngine,
+    sort: str,
+    position: Callable[[list[Task]], list[Any]],
+    before: int,
+) -> None:
+    """A client that writes a position itself gets the tasks after it: nothing it could not
+    list anyway."""
+    tasks = ordered(await insert_rows(engine, [row(n) for n in range(4)]), sort)
+    cursor = forged(await next_cursor(client, auth, {"sort": sort}), position(tasks))
+    page = await get_page(client, auth, tasks_url({"sort": sort, "cursor": cursor}))
+    assert (page.tasks, page.total, page.next) == (as_json(tasks[before:]), 4, None)
+
+
+async def test_a_cursor_keeps_working_with_another_limit(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    tasks = ordered(await insert_rows(engine, [varied(n) for n in range(30)]), "due_at")
+    first = await get_page(client, auth, tasks_url({"sort": "due_at", "limit": "4"}))
+    assert first.tasks == as_json(tasks[:4])
+    assert first.next is not None
+    cursor = dict(parse_qsl(urlsplit(first.next).query))["cursor"]
+    rest = await walk(client, auth, tasks_url({"sort": "due_at", "limit": "10", "cursor": cursor}))
+    assert [page.tasks for page in rest] == chunks(as_json(tasks[4:]), 10)
+    everything = await get_page(client, auth, tasks_url({"sort": "due_at", "cursor": cursor}))
+    assert (everything.tasks, everything.total, everything.next) == (as_json(tasks[4:]), 30, None)
