@@ -7,6 +7,7 @@ spelled out by hand. Timestamps are pinned in the database, never made by waitin
 
 import base64
 import json
+import random
 import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -641,6 +642,218 @@ async def test_default_sort_is_newest_first(
         SORT_TASKS[letter]["title"] for letter in SORTED["-created_at"]
     ]
     assert ids(await listed(client, auth, {})) == ids(ordered(by_id.values(), "-created_at"))
+
+
+# --- paging ----------------------------------------------------------------------------------
+
+
+def _pending(task: Task) -> bool:
+    return not task["completed"]
+
+
+def _tagged_work(task: Task) -> bool:
+    return "work" in [fold(tag) for tag in task["tags"]]
+
+
+def _high_or_low_alpha(task: Task) -> bool:
+    text = fold(task["title"] + " " + (task["description"] or ""))
+    return task["priority"] in ("high", "low") and "alpha" in text
+
+
+def _due_in_window(task: Task) -> bool:
+    due = task["due_at"]
+    return due is not None and BASE + timedelta(days=2) <= _time(due) < BASE + timedelta(days=8)
+
+
+def _everything(task: Task) -> bool:
+    return True
+
+
+# (sort, filters, the filters as a predicate)
+WALKS: list[tuple[str, dict[str, str], Predicate]] = [
+    ("-created_at", {}, _everything),
+    ("created_at", {"status": "pending"}, _pending),
+    ("due_at", {}, _everything),
+    ("-due_at", {"status": "pending"}, _pending),
+    ("title", {}, _everything),
+    ("-title", {"tag": "WORK"}, _tagged_work),
+    ("priority", {}, _everything),
+    ("-priority", {"priority": "high,low", "q": "ALPHA"}, _high_or_low_alpha),
+    (
+        "updated_at",
+        {"due_after": "2026-01-03T01:00:00+01:00", "due_before": "2026-01-09T00:00:00Z"},
+        _due_in_window,
+    ),
+    ("-updated_at", {}, _everything),
+]
+
+
+@pytest.mark.parametrize(
+    ("sort", "filters", "matches"), WALKS, ids=[f"{s}{''.join(f)}" for s, f, _ in WALKS]
+)
+async def test_walking_every_page_returns_every_task_once_in_order(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    engine: AsyncEngine,
+    sort: str,
+    filters: dict[str, str],
+    matches: Predicate,
+) -> None:
+    tasks = await insert_rows(engine, [varied(n) for n in range(250)])
+    await insert_rows(engine, [varied(n, user="bob") for n in range(20)])
+    expected = ordered(filter(matches, tasks), sort)
+    assert len(expected) >= 20  # every walk has pages to turn
+    pages = await walk(client, auth, tasks_url({**filters, "sort": sort, "limit": "7"}))
+    assert [page.tasks for page in pages] == chunks(as_json(expected), 7)
+    assert [page.total for page in pages] == [len(expected)] * len(pages)
+    assert pages[-1].next is None
+
+
+@pytest.mark.parametrize(
+    ("sort", "filters", "matches"),
+    [
+        ("-created_at", {}, _everything),
+        ("due_at", {}, _everything),
+        ("title", {}, _everything),
+        ("priority", {}, _everything),
+        ("-priority", {"status": "pending"}, _pending),
+        ("title", {"tag": "work"}, _tagged_work),
+    ],
+    ids=["-created_at", "due_at", "title", "priority", "-priority-pending", "title-work"],
+)
+async def test_walking_while_tasks_are_inserted_and_deleted(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    engine: AsyncEngine,
+    sort: str,
+    filters: dict[str, str],
+    matches: Predicate,
+) -> None:
+    """Between pages, two tasks are inserted anywhere in the order (often tied with tasks
+    already there) and one is deleted, already returned or not. Each page is exactly the
+    tasks that follow the previous page's last one at the time it is asked for."""
+    rng = random.Random(f"{sort}{filters}")
+    known = {
+        task["id"]: task for task in await insert_rows(engine, [varied(n) for n in range(250)])
+    }
+    present = set(known)
+    initial = set(known)
+    returned: list[Task] = []
+
+    def matching_now() -> list[Task]:
+        return [known[task_id] for task_id in present if matches(known[task_id])]
+
+    async def change() -> None:
+        seen = {task["id"] for task in returned}
+        victims = sorted(present & seen) if len(returned) % 2 else sorted(present - seen)
+        victim = rng.choice(victims or sorted(present))
+        new = await insert_rows(
+            engine, [varied(rng.randrange(300)) for _ in range(2)], deleting=victim
+        )
+        present.discard(victim)
+        known.update((task["id"], task) for task in new)
+        present.update(task["id"] for task in new)
+
+    url: str | None = tasks_url({**filters, "sort": sort, "limit": "7"})
+    for _ in range(MAX_PAGES):
+        if url is None:
+            break
+        page = await get_page(client, auth, url)
+        if returned:
+            last = known[returned[-1]["id"]]  # deleted or not, it marks the place
+            order = ordered(
+                {last["id"]: last, **{t["id"]: t for t in matching_now()}}.values(), sort
+            )
+            following = order[ids(order).index(last["id"]) + 1 :]
+        else:
+            following = ordered(matching_now(), sort)
+        following = [task for task in following if task["id"] in present]
+        assert page.tasks == as_json(following[:7])
+        assert page.total == len(matching_now())
+        assert (page.next is None) == (len(following) <= 7)
+        returned += page.tasks
+        if page.next is not None:
+            await change()
+        url = page.next
+    else:
+        raise AssertionError(f"more than {MAX_PAGES} pages")
+    # No task twice; the tasks there all along, each once, in order.
+    assert len(ids(returned)) == len(set(ids(returned)))
+    stayed = [known[task_id] for task_id in initial & present if matches(known[task_id])]
+    assert [t for t in returned if t["id"] in initial & present] == as_json(ordered(stayed, sort))
+    assert ordered(returned, sort) == returned
+
+
+async def test_pages_that_end_exactly_at_the_limit(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    tasks = ordered(await insert_rows(engine, [row(n) for n in range(14)]), "-created_at")
+    pages = await walk(client, auth, tasks_url({"limit": "7"}))
+    assert [page.tasks for page in pages] == chunks(as_json(tasks), 7)
+    assert [page.total for page in pages] == [14, 14]
+    assert pages[-1].next is None
+    one = await get_page(client, auth, tasks_url({"limit": "14"}))
+    assert (one.tasks, one.total, one.next) == (as_json(tasks), 14, None)
+
+
+async def test_without_limit_500_come_back_with_a_link_to_the_rest(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    tasks = ordered(await insert_rows(engine, [row(n) for n in range(503)]), "-created_at")
+    first = await get_page(client, auth, "/api/alice/tasks")
+    assert (first.tasks, first.total) == (as_json(tasks[:500]), 503)
+    assert first.next is not None
+    assert re.fullmatch(r"/api/alice/tasks\?cursor=[A-Za-z0-9_-]+", first.next), first.next
+    rest = await get_page(client, auth, first.next)
+    assert (rest.tasks, rest.total, rest.next) == (as_json(tasks[500:]), 503, None)
+
+
+async def test_the_link_header_is_the_same_query_with_the_next_cursor(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    await insert_rows(engine, [row(n, tags=["work"], due_at=BASE) for n in range(3)])
+    query = (
+        "sort=title&limit=2&tag=work&foo=bar&due_after=2025-12-31T23%3A00%3A00%2B01%3A00&q=task%20"
+    )
+    response = await client.get(f"/api/alice/tasks?{query}", headers=auth("alice"))
+    assert_json(response)
+    assert response.headers["x-total-count"] == "3"
+    match = re.fullmatch(
+        r"</api/alice/tasks\?sort=title&limit=2&tag=work&foo=bar"
+        r"&due_after=2025-12-31T23%3A00%3A00%2B01%3A00&q=task\+&cursor=([A-Za-z0-9_-]+)>; "
+        r'rel="next"',
+        response.headers["link"],
+    )
+    assert match is not None, response.headers["link"]
+
+
+async def test_the_link_of_a_user_id_that_needs_encoding(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    user = "jürgen lee?#|用"
+    path = "/api/j%C3%BCrgen%20lee%3F%23%7C%E7%94%A8/tasks"
+    tasks = ordered(await insert_rows(engine, [row(n, user=user) for n in range(3)]), "title")
+    pages = await walk(client, auth, f"{path}?limit=2&sort=title", user=user)
+    assert [page.tasks for page in pages] == chunks(as_json(tasks), 2)
+    assert pages[0].next is not None
+    assert pages[0].next.startswith(f"{path}?limit=2&sort=title&cursor=")
+
+
+async def test_the_empty_list(client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine) -> None:
+    for params in ({}, {"limit": "1"}, {"sort": "due_at", "status": "completed"}):
+        response = await client.get("/api/alice/tasks", params=params, headers=auth("alice"))
+        assert assert_json(response) == []
+        assert response.headers["x-total-count"] == "0"
+        assert "link" not in response.headers
+    # Tasks that do not match make no page either; bob's tasks are not alice's.
+    await insert_rows(engine, [row(n, completed=True) for n in range(3)])
+    await insert_rows(engine, [row(n, user="bob") for n in range(3)])
+    response = await client.get(
+        "/api/alice/tasks", params={"status": "pending", "limit": "1"}, headers=auth("alice")
+    )
+    assert assert_json(response) == []
+    assert response.headers["x-total-count"] == "0"
+    assert "link" not in response.headers
 
 
 # --- cursor misuse ---------------------------------------------------------------------------
