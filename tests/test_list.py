@@ -107,6 +107,8 @@ async def insert_rows(
     async with engine.begin() as conn:
         if deleting is not None:
             await conn.execute(delete(task_table).where(task_table.c.id == deleting))
+        if not rows:
+            return []
         return [dict(task) for task in (await conn.execute(statement, rows)).mappings()]
 
 
@@ -846,7 +848,7 @@ async def test_the_empty_list(client: httpx.AsyncClient, auth: Auth, engine: Asy
         assert response.headers["x-total-count"] == "0"
         assert "link" not in response.headers
     # Tasks that do not match make no page either; bob's tasks are not alice's.
-    await insert_rows(engine, [row(n, completed=True) for n in range(3)])
+    done = await insert_rows(engine, [row(n, completed=True) for n in range(3)])
     await insert_rows(engine, [row(n, user="bob") for n in range(3)])
     response = await client.get(
         "/api/alice/tasks", params={"status": "pending", "limit": "1"}, headers=auth("alice")
@@ -854,6 +856,13 @@ async def test_the_empty_list(client: httpx.AsyncClient, auth: Auth, engine: Asy
     assert assert_json(response) == []
     assert response.headers["x-total-count"] == "0"
     assert "link" not in response.headers
+    # A page whose tasks were all deleted after the Link was handed out is empty too.
+    first = await get_page(client, auth, tasks_url({"status": "completed", "limit": "2"}))
+    assert (len(first.tasks), first.total) == (2, 3)
+    assert first.next is not None
+    await insert_rows(engine, [], deleting=ordered(done, "-created_at")[2]["id"])
+    last = await get_page(client, auth, first.next)
+    assert (last.tasks, last.total, last.next) == ([], 2, None)
 
 
 # --- cursor misuse ---------------------------------------------------------------------------
@@ -1069,3 +1078,62 @@ async def test_a_cursor_keeps_working_with_another_limit(
     assert [page.tasks for page in rest] == chunks(as_json(tasks[4:]), 10)
     everything = await get_page(client, auth, tasks_url({"sort": "due_at", "cursor": cursor}))
     assert (everything.tasks, everything.total, everything.next) == (as_json(tasks[4:]), 30, None)
+
+
+# --- clearing --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def to_clear(engine: AsyncEngine) -> dict[str, list[Task]]:
+    """Alice: three completed tasks and two pending ones; bob: one of each."""
+    return {
+        user: await insert_rows(
+            engine, [row(n, user=user, completed=n < done) for n in range(done + pending)]
+        )
+        for user, done, pending in (("alice", 3, 2), ("bob", 1, 1))
+    }
+
+
+async def test_clear_completed(
+    client: httpx.AsyncClient, auth: Auth, to_clear: dict[str, list[Task]]
+) -> None:
+    alice, bob = to_clear["alice"], to_clear["bob"]
+    clear = "/api/alice/tasks?status=completed"
+    assert assert_json(await client.delete(clear, headers=auth("alice"))) == {"deleted": 3}
+    assert await listed(client, auth, {}) == as_json(ordered(alice[3:], "-created_at"))
+    assert await listed(client, auth, {}, "bob") == as_json(ordered(bob, "-created_at"))
+    # Again: nothing left to clear.
+    assert assert_json(await client.delete(clear, headers=auth("alice"))) == {"deleted": 0}
+    assert await listed(client, auth, {}) == as_json(ordered(alice[3:], "-created_at"))
+
+
+async def test_clear_all(
+    client: httpx.AsyncClient, auth: Auth, to_clear: dict[str, list[Task]]
+) -> None:
+    clear = "/api/alice/tasks?status=all"
+    assert assert_json(await client.delete(clear, headers=auth("alice"))) == {"deleted": 5}
+    assert await listed(client, auth, {}) == []
+    assert await listed(client, auth, {}, "bob") == as_json(ordered(to_clear["bob"], "-created_at"))
+    assert assert_json(await client.delete(clear, headers=auth("alice"))) == {"deleted": 0}
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "?status=", "?status=pending", "?status=COMPLETED", "?status=done", "?completed=true"],
+)
+async def test_clear_without_a_known_status_is_422_and_removes_nothing(
+    client: httpx.AsyncClient, auth: Auth, to_clear: dict[str, list[Task]], query: str
+) -> None:
+    response = await client.delete(f"/api/alice/tasks{query}", headers=auth("alice"))
+    assert_validation(response, "status")
+    assert await listed(client, auth, {}) == as_json(ordered(to_clear["alice"], "-created_at"))
+
+
+async def test_clear_another_users_tasks_is_403_and_removes_nothing(
+    client: httpx.AsyncClient, auth: Auth, to_clear: dict[str, list[Task]]
+) -> None:
+    response = await client.delete("/api/alice/tasks?status=all", headers=auth("bob"))
+    assert response.status_code == 403, response.text
+    assert response.json()["code"] == "FORBIDDEN"
+    assert await listed(client, auth, {}) == as_json(ordered(to_clear["alice"], "-created_at"))
+    assert await listed(client, auth, {}, "bob") == as_json(ordered(to_clear["bob"], "-created_at"))
