@@ -151,10 +151,12 @@ async def list_tasks(
     page = await tasks.list_tasks(conn, user_id=user_id, query=query)
     headers = {"X-Total-Count": str(page.total)}
     if page.cursor is not None:
-        # Relative (RFC 8288): never built from the Host header.
+        # Relative (RFC 8288): never built from the Host header. The user id is encoded as in
+        # `Location`: a header is ASCII, and a `?` or `#` in the id must stay in the path.
         params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
         next_query = urlencode([*params, ("cursor", page.cursor)])
-        headers["Link"] = f'<{request.url.path}?{next_query}>; rel="next"'
+        path = f"/api/{quote(user_id, safe='')}/tasks"
+        headers["Link"] = f'<{path}?{next_query}>; rel="next"'
     return _render(page.tasks, headers=headers)
 
 

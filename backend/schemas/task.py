@@ -251,6 +251,21 @@ def _clean_query_text(value: str) -> str:
     return value
 
 
+def _query_datetime(value: Any) -> Any:
+    # In a query string every value is text, and pydantic would read "1700000000" as seconds
+    # since 1970; and a + that was not sent as %2B arrives as a space.
+    if isinstance(value, str):
+        if value.replace(".", "", 1).isdigit():
+            raise ValueError("must be an ISO-8601 date and time with an offset, not a number")
+        if " " in value[11:]:
+            raise ValueError(
+                "must be an ISO-8601 date and time with an offset; send the offset's + as %2B "
+                "(a + in a query string means a space)"
+            )
+    return value
+
+
+QueryWhen = Annotated[When, BeforeValidator(_query_datetime)]
 SortKey = Literal[
     "created_at",
     "-created_at",
@@ -291,17 +306,17 @@ class TaskQuery(BaseModel):
             description="case-insensitive text in title or description",
         ),
     ] = None
-    due_before: When | None = None
-    due_after: When | None = None
+    due_before: QueryWhen | None = None
+    due_after: QueryWhen | None = None
     overdue: bool = Field(default=False, description="true: not completed and due in the past")
-    remind_before: When | None = None
+    remind_before: QueryWhen | None = None
     sort: SortKey = Field(
         default="-created_at",
         description="a leading - for descending; ties are broken by id; tasks without due_at "
         "come last either way; priority ascending is low to high",
     )
     limit: int = Field(default=MAX_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
-    cursor: Annotated[str | None, Field(max_length=1000)] = None
+    cursor: Annotated[str | None, Field(min_length=1, max_length=1000)] = None
 
 
 class DeletedCount(BaseModel):

@@ -398,8 +398,7 @@ def _sort_values(sort: str, task: TaskRecord) -> list[Any]:
         return [1 if due is None else 0, _EPOCH if due is None else due, task["id"]]
     if name == "title":
         return [fold(task["title"]), task["id"]]
-    if name == "priority":
-        return [PRIORITIES.index(task["priority"]) + 1, task["id"]]
+    # A priority by its name: the column's type turns it into the stored rank (1..3).
     return [task[name], task["id"]]
 
 
@@ -512,24 +511,37 @@ def _decode_cursor(cursor: str, sort: str, fingerprint: str) -> list[Any]:
             field="cursor",
         )
     values = document["k"]
-    name = sort.removeprefix("-")
-    kinds: tuple[type, ...] = {
-        "due_at": (int, datetime, int),
-        "title": (str, int),
-        "priority": (int, int),
-    }.get(name, (datetime, int))
+    kinds = _CURSOR_KINDS.get(sort.removeprefix("-"), ("time", "id"))
     if len(values) != len(kinds):
         raise malformed
-    decoded: list[Any] = []
-    for value, kind in zip(values, kinds, strict=True):
-        if kind is datetime:
-            try:
-                value = datetime.fromisoformat(value) if isinstance(value, str) else None
-            except ValueError:
-                value = None
-            if value is None or value.tzinfo is None:
-                raise malformed
-        elif not isinstance(value, kind) or isinstance(value, bool):
-            raise malformed
-        decoded.append(value)
-    return decoded
+    try:
+        return [_cursor_value(kind, value) for kind, value in zip(kinds, values, strict=True)]
+    except (ValueError, OverflowError):
+        raise malformed from None
+
+
+# What each key of a cursor holds, by sort (see `_sort_values`).
+_CURSOR_KINDS = {
+    "due_at": ("no_due", "time", "id"),
+    "title": ("text", "id"),
+    "priority": ("priority", "id"),
+}
+# The fingerprint is no signature: a forged key must be a 422, never a driver's error (a 500).
+_CURSOR_CHECKS = {
+    "text": lambda value: isinstance(value, str) and "\x00" not in value,  # PostgreSQL: no NUL
+    "priority": lambda value: value in PRIORITIES,
+    "no_due": lambda value: type(value) is int and value in (0, 1),
+    "id": lambda value: type(value) is int and -(2**63) <= value < 2**63,
+}
+
+
+def _cursor_value(kind: str, value: Any) -> Any:
+    if kind != "time":
+        if not _CURSOR_CHECKS[kind](value):
+            raise ValueError(f"not a {kind}")
+        return value
+    when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    if when is None or when.tzinfo is None:
+        raise ValueError("not a time with an offset")
+    when.astimezone(UTC)  # OverflowError beyond years 1..9999 in UTC
+    return when
