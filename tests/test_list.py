@@ -852,7 +852,12 @@ FOREIGN = (
 
 def assert_cursor_refused(response: httpx.Response, detail: str) -> None:
     assert response.status_code == 422, response.text
-    assert response.json() == {"detail": detail, "code": "VALIDATION_ERROR", "field": "cursor"}
+    assert response.json() == {
+        "detail": detail,
+        "code": "VALIDATION_ERROR",
+        "field": "cursor",
+        "errors": [{"field": "cursor", "message": detail.removeprefix("cursor: ")}],
+    }
 
 
 def encode(document: Any) -> str:

@@ -362,3 +362,37 @@ async def test_organise_migration_upgrades_a_database_with_tasks_and_downgrades(
     ]
     await db.migrate(fresh_settings)
     assert await inspect_db(fresh_settings, model_differences) == []
+
+
+async def test_ids_are_never_reused_across_migrations(
+    fresh_settings: Settings, auth: Callable[..., dict[str, str]]
+) -> None:
+    # SQLite rebuilds the table to alter it: the copy must stay AUTOINCREMENT and keep the
+    # sequence, or the ids of tasks deleted before the migration would be handed out again.
+    await _run_alembic(fresh_settings, "upgrade", "0001")
+    insert_old = text(
+        "INSERT INTO task (user_id, title, completed, created_at, updated_at) "
+        "VALUES ('alice', :title, false, :now, :now)"
+    )
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    if fresh_settings.db_url.startswith("sqlite"):
+        now = now.replace(tzinfo=None)  # SQLite's DateTime stores naive UTC
+    engine = db.make_engine(fresh_settings, for_requests=False)
+    try:
+        async with engine.begin() as conn:
+            for n in range(3):
+                await conn.execute(insert_old, {"title": f"old {n}", "now": now})
+            await conn.execute(text("DELETE FROM task WHERE title IN ('old 1', 'old 2')"))
+    finally:
+        await engine.dispose()
+    await db.migrate(fresh_settings)  # ids 2 and 3 were deleted before the migration
+    await _run_alembic(fresh_settings, "downgrade", "0001")
+    await db.migrate(fresh_settings)
+    async with app_client(fresh_settings) as http:
+        first = await http.post("/api/alice/tasks", json={"title": "new"}, headers=auth("alice"))
+        assert first.status_code == 201, first.text
+        assert first.json()["id"] == 4
+        deleted = await http.delete(f"/api/alice/tasks/{first.json()['id']}", headers=auth("alice"))
+        assert deleted.status_code == 200
+        second = await http.post("/api/alice/tasks", json={"title": "next"}, headers=auth("alice"))
+        assert second.json()["id"] == 5

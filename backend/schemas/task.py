@@ -6,6 +6,7 @@ sentinel, which `model_dump` drops), `"description": null` clears the descriptio
 title or completed is refused. The OpenAPI document says the same: no `null` where none is taken.
 """
 
+import re
 import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -82,9 +83,13 @@ def _clean_tags(tags: list[str]) -> list[str]:
     return unique
 
 
+_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
 def _text_only(value: Any) -> Any:
-    # pydantic would read a number as seconds since 1970: a date must be written as one.
-    if value is not None and not isinstance(value, str):
+    # pydantic would read a number, or a string of digits, as seconds since 1970: a date must
+    # be written as one.
+    if value is not None and not (isinstance(value, str) and _ISO_DATE_TIME.match(value)):
         raise ValueError("must be an ISO-8601 date and time with an offset, as a string")
     return value
 

@@ -10,6 +10,7 @@ Create Date: 2026-11-29
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -26,8 +27,30 @@ _PENDING_REMINDERS = sa.text("remind_at IS NOT NULL AND NOT completed")
 _BATCH = 1000
 
 
+def _sqlite_rebuild() -> tuple[dict[str, Any], int | None]:
+    """SQLite alters a table by copying it into a new one: declare the copy AUTOINCREMENT again
+    (ids are never reused after a delete), and return the id sequence to carry on, since the
+    copy alone restarts it after the highest id left, reusing the ids deleted at the top."""
+    connection = op.get_bind()
+    if connection.dialect.name != "sqlite":
+        return {}, None
+    sequence = connection.execute(
+        sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'task'")
+    ).scalar()
+    return {"table_kwargs": {"sqlite_autoincrement": True}}, sequence
+
+
+def _restore_sequence(sequence: int | None) -> None:
+    if sequence is not None:
+        op.get_bind().execute(
+            sa.text("UPDATE sqlite_sequence SET seq = max(seq, :seq) WHERE name = 'task'"),
+            {"seq": sequence},
+        )
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("task") as batch:
+    options, sequence = _sqlite_rebuild()
+    with op.batch_alter_table("task", **options) as batch:
         batch.add_column(
             sa.Column("priority", sa.SmallInteger(), server_default=sa.text("2"), nullable=False)
         )
@@ -68,6 +91,7 @@ def upgrade() -> None:
             postgresql_where=_PENDING_REMINDERS,
             sqlite_where=_PENDING_REMINDERS,
         )
+    _restore_sequence(sequence)
     _backfill()
 
 
@@ -115,7 +139,8 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("task") as batch:
+    options, sequence = _sqlite_rebuild()
+    with op.batch_alter_table("task", **options) as batch:
         batch.drop_index("ix_task_user_id_remind_at")
         batch.drop_index("ix_task_user_id_due_at_id")
         batch.drop_index("ix_task_user_id_updated_at_id")
@@ -137,3 +162,4 @@ def downgrade() -> None:
             "priority",
         ):
             batch.drop_column(column)
+    _restore_sequence(sequence)
