@@ -5,8 +5,8 @@ Usage:
     DATABASE_URL=postgresql://user@host/db .venv/bin/python bench/scale.py postgresql
 
 For each database it builds two databases and measures, through the real app, the median and
-p99 latency of six requests (first page, page 50 by cursor, `q`, a tag, `overdue=true`, a
-create) for:
+p99 latency of seven requests (first page, page 50 by cursor, `q`, a tag, `overdue=true`,
+`status=pending`, a create) for:
   1k alone   user "alice", 1,000 tasks, alone in her database;
   1k in 1M   the same alice (the same 1,000 tasks) among 1,000 users of 1,000 tasks each,
              their rows interleaved in time as real users would write them;
@@ -406,6 +406,7 @@ READS = {
     f"q={SEARCH}": f"?q={SEARCH}&limit={PAGE}",
     f"tag={TAG}": f"?tag={TAG}&limit={PAGE}",
     "overdue=true": f"?overdue=true&limit={PAGE}",
+    "status=pending": f"?status=pending&limit={PAGE}",  # a todo app's main view
 }
 CREATE = "create"
 QUERIES = (*READS, CREATE)
