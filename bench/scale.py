@@ -326,7 +326,7 @@ async def load_postgresql(url: str, rows: Iterable[tuple[Any, ...]]) -> int:
             await conn.execute(index["indexdef"])
         await conn.execute("VACUUM ANALYZE task")
         for _ in range(3):
-            # Right after the load, VACUUM has been seen to leave 7-60 % of the pages out of
+            # Right after the load, VACUUM has been seen to leave 7-62 % of the pages out of
             # the visibility map (the count then reads them); autovacuum would come back for
             # them, so do we.
             visible = await conn.fetchrow(
