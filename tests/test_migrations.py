@@ -146,7 +146,9 @@ async def test_list_indexes_exist(fresh_settings: Settings) -> None:
 
     assert await inspect_db(fresh_settings, indexes) == [
         (INDEX, ["user_id", "created_at", "id"], False),
+        ("ix_task_user_id_created_at_id_pending", ["user_id", "created_at", "id"], False),
         ("ix_task_user_id_due_at_id", ["user_id", "due_at", "id"], False),
+        ("ix_task_user_id_due_at_pending", ["user_id", "due_at"], False),
         ("ix_task_user_id_remind_at", ["user_id", "remind_at"], False),
         ("ix_task_user_id_updated_at_id", ["user_id", "updated_at", "id"], False),
     ]

@@ -93,13 +93,33 @@ class Task(SQLModel, table=True):
         Index("ix_task_user_id_created_at_id", "user_id", "created_at", "id"),
         Index("ix_task_user_id_updated_at_id", "user_id", "updated_at", "id"),
         Index("ix_task_user_id_due_at_id", "user_id", "due_at", "id"),
-        # "Which reminders are due?" is asked often and concerns few rows.
+        # "Which reminders are due?" is asked often and concerns few rows. (SQLite uses a
+        # partial index only for a query that repeats its WHERE, and SQLAlchemy writes
+        # `NOT completed` as `completed = 0` there.)
         Index(
             "ix_task_user_id_remind_at",
             "user_id",
             "remind_at",
             postgresql_where=text("remind_at IS NOT NULL AND NOT completed"),
-            sqlite_where=text("remind_at IS NOT NULL AND NOT completed"),
+            sqlite_where=text("remind_at IS NOT NULL AND completed = 0"),
+        ),
+        # A todo list's main views are the pending tasks: newest first, overdue, due soon. No
+        # other index knows `completed`: their count read each of the user's rows from the
+        # table (status=pending of 10,000 tasks among 1M: 8,600 pages; with these, 70).
+        Index(
+            "ix_task_user_id_created_at_id_pending",
+            "user_id",
+            "created_at",
+            "id",
+            postgresql_where=text("NOT completed"),
+            sqlite_where=text("completed = 0"),
+        ),
+        Index(
+            "ix_task_user_id_due_at_pending",
+            "user_id",
+            "due_at",
+            postgresql_where=text("NOT completed"),
+            sqlite_where=text("completed = 0"),
         ),
         CheckConstraint("recurrence IS NULL OR due_at IS NOT NULL", name="recurrence_needs_due_at"),
         CheckConstraint("priority BETWEEN 1 AND 3", name="priority_range"),

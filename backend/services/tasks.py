@@ -365,7 +365,9 @@ class _Order:
     keys: tuple[tuple[ColumnElement[Any], bool], ...]
 
     def after(self, values: Sequence[Any]) -> ColumnElement[bool]:
-        """Rows strictly after `values` in this order: (a > x) or (a = x and (b > y or …))."""
+        """Rows strictly after `values` in this order: (a > x) or (a = x and (b > y or …)).
+        Led by a >= x, which that implies: an ordered index scan cannot start from the OR, so
+        without it a deep page read every row before it (page 50 of 20: 1,000 rows)."""
         condition: ColumnElement[bool] | None = None
         for (expression, descending), value in reversed(list(zip(self.keys, values, strict=True))):
             beyond = expression < value if descending else expression > value
@@ -373,7 +375,8 @@ class _Order:
                 beyond if condition is None else or_(beyond, and_(expression == value, condition))
             )
         assert condition is not None
-        return condition
+        (first, descending), start = self.keys[0], values[0]
+        return and_(first <= start if descending else first >= start, condition)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -24,6 +24,11 @@ depends_on: str | Sequence[str] | None = None
 _JSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _PENDING_REMINDERS = sa.text("remind_at IS NOT NULL AND NOT completed")
+# SQLite uses a partial index only for a query that repeats its WHERE, and SQLAlchemy writes
+# `NOT completed` as `completed = 0` there.
+_PENDING_REMINDERS_SQLITE = sa.text("remind_at IS NOT NULL AND completed = 0")
+_PENDING = sa.text("NOT completed")
+_PENDING_SQLITE = sa.text("completed = 0")
 _BATCH = 1000
 
 
@@ -86,10 +91,22 @@ def upgrade() -> None:
         batch.create_index("ix_task_user_id_updated_at_id", ["user_id", "updated_at", "id"])
         batch.create_index("ix_task_user_id_due_at_id", ["user_id", "due_at", "id"])
         batch.create_index(
+            "ix_task_user_id_created_at_id_pending",
+            ["user_id", "created_at", "id"],
+            postgresql_where=_PENDING,
+            sqlite_where=_PENDING_SQLITE,
+        )
+        batch.create_index(
+            "ix_task_user_id_due_at_pending",
+            ["user_id", "due_at"],
+            postgresql_where=_PENDING,
+            sqlite_where=_PENDING_SQLITE,
+        )
+        batch.create_index(
             "ix_task_user_id_remind_at",
             ["user_id", "remind_at"],
             postgresql_where=_PENDING_REMINDERS,
-            sqlite_where=_PENDING_REMINDERS,
+            sqlite_where=_PENDING_REMINDERS_SQLITE,
         )
     _restore_sequence(sequence)
     _backfill()
@@ -142,6 +159,8 @@ def downgrade() -> None:
     options, sequence = _sqlite_rebuild()
     with op.batch_alter_table("task", **options) as batch:
         batch.drop_index("ix_task_user_id_remind_at")
+        batch.drop_index("ix_task_user_id_due_at_pending")
+        batch.drop_index("ix_task_user_id_created_at_id_pending")
         batch.drop_index("ix_task_user_id_due_at_id")
         batch.drop_index("ix_task_user_id_updated_at_id")
         batch.drop_constraint(op.f("ck_task_priority_range"), type_="check")
