@@ -18,7 +18,7 @@ import binascii
 import calendar
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
 from typing import Any, cast
@@ -405,33 +405,108 @@ def _sort_values(sort: str, task: TaskRecord) -> list[Any]:
     return [task[name], task["id"]]
 
 
-def _filters(user_id: str, query: TaskQuery, now: datetime) -> list[ColumnElement[bool]]:
-    where: list[ColumnElement[bool]] = [_t.user_id == user_id]
-    if query.status != "all":
-        where.append(_t.completed if query.status == "completed" else ~_t.completed)
-    if query.priority:
-        where.append(_t.priority.in_(query.priority))
-    for tag in query.tag:
-        where.append(
-            _t.tag_keys.like(f"%{_TAG_SEPARATOR}{_like(fold(tag))}{_TAG_SEPARATOR}%", escape="\\")
-        )
-    if query.q is not None:
-        pattern = f"%{_like(fold(query.q))}%"
+@dataclass(frozen=True)
+class _Shape:
+    """Which filters a list query uses, and its sort: the statement for each shape is built
+    once, its values bound per request, so SQLAlchemy finds the compiled SQL in its cache at
+    once instead of building and keying a new statement for every request."""
+
+    sort: str
+    status: str
+    priorities: bool
+    tags: int
+    q: bool
+    due_before: bool
+    due_after: bool
+    overdue: bool
+    remind_before: bool
+    cursor: bool
+
+
+def _shape(query: TaskQuery) -> _Shape:
+    return _Shape(
+        sort=query.sort,
+        status=query.status,
+        priorities=bool(query.priority),
+        tags=len(query.tag),
+        q=query.q is not None,
+        due_before=query.due_before is not None,
+        due_after=query.due_after is not None,
+        overdue=query.overdue,
+        remind_before=query.remind_before is not None,
+        cursor=query.cursor is not None,
+    )
+
+
+def _when(name: str) -> Any:
+    return bindparam(name, type_=UTCDateTime())
+
+
+def _filters(shape: _Shape) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = [_t.user_id == bindparam("user_id")]
+    if shape.status != "all":
+        where.append(_t.completed if shape.status == "completed" else ~_t.completed)
+    if shape.priorities:
+        where.append(_t.priority.in_(bindparam("priorities", expanding=True)))
+    for n in range(shape.tags):
+        where.append(_t.tag_keys.like(bindparam(f"tag_{n}"), escape="\\"))
+    if shape.q:
         where.append(
             or_(
-                _t.title_fold.like(pattern, escape="\\"),
-                _t.description_fold.like(pattern, escape="\\"),
+                _t.title_fold.like(bindparam("q"), escape="\\"),
+                _t.description_fold.like(bindparam("q"), escape="\\"),
             )
         )
-    if query.due_before is not None:
-        where.append(_t.due_at < query.due_before)
-    if query.due_after is not None:
-        where.append(_t.due_at >= query.due_after)
-    if query.overdue:
-        where.append(~_t.completed & (_t.due_at < now))
-    if query.remind_before is not None:
-        where.append(~_t.completed & (_t.remind_at < query.remind_before))
+    if shape.due_before:
+        where.append(_t.due_at < _when("due_before"))
+    if shape.due_after:
+        where.append(_t.due_at >= _when("due_after"))
+    if shape.overdue:
+        where.append(~_t.completed & (_t.due_at < _when("now")))
+    if shape.remind_before:
+        where.append(~_t.completed & (_t.remind_at < _when("remind_before")))
     return where
+
+
+def _filter_values(user_id: str, query: TaskQuery) -> dict[str, Any]:
+    values: dict[str, Any] = {"user_id": user_id, "now": _now()}
+    if query.priority:
+        values["priorities"] = query.priority
+    for n, tag in enumerate(query.tag):
+        values[f"tag_{n}"] = f"%{_TAG_SEPARATOR}{_like(fold(tag))}{_TAG_SEPARATOR}%"
+    if query.q is not None:
+        values["q"] = f"%{_like(fold(query.q))}%"
+    values.update(
+        due_before=query.due_before,
+        due_after=query.due_after,
+        remind_before=query.remind_before,
+    )
+    return values
+
+
+@cache
+def _count_statement(shape: _Shape) -> Select[Any]:
+    return select(func.count()).select_from(task_table).where(*_filters(shape))
+
+
+@cache
+def _list_statement(shape: _Shape) -> Select[Any]:
+    where = _filters(shape)
+    order = _order(shape.sort)
+    total = _count_statement(replace(shape, cursor=False)).scalar_subquery().label("total")
+    statement = select(*PUBLIC_COLUMNS, total).where(*where)
+    if shape.cursor:
+        after = [
+            bindparam(f"after_{n}", type_=expression.type)
+            for n, (expression, _) in enumerate(order.keys)
+        ]
+        statement = statement.where(order.after(after))
+    return statement.order_by(
+        *(
+            expression.desc() if descending else expression.asc()
+            for expression, descending in order.keys
+        )
+    ).limit(bindparam("limit"))
 
 
 def _like(text: str) -> str:
@@ -449,31 +524,20 @@ async def list_tasks(conn: AsyncConnection, *, user_id: str, query: TaskQuery) -
     """One page of the user's tasks matching the query, in its order, by key (no OFFSET: page
     1,000 costs what page 1 costs, and a task inserted meanwhile is never returned twice),
     with the number of all the tasks that match."""
-    where = _filters(user_id, query, _now())
-    order = _order(query.sort)
+    shape = _shape(query)
     fingerprint = _fingerprint(user_id, query)
-    statement: Select[Any] = select(
-        *PUBLIC_COLUMNS,
-        select(func.count()).select_from(task_table).where(*where).scalar_subquery().label("total"),
-    ).where(*where)
+    params = {**_filter_values(user_id, query), "limit": query.limit + 1}
     if query.cursor is not None:
-        statement = statement.where(
-            order.after(_decode_cursor(query.cursor, query.sort, fingerprint))
-        )
-    statement = statement.order_by(
-        *(
-            expression.desc() if descending else expression.asc()
-            for expression, descending in order.keys
-        )
-    ).limit(query.limit + 1)
-    rows = [dict(row) for row in (await conn.execute(statement)).mappings()]
+        after = _decode_cursor(query.cursor, query.sort, fingerprint)
+        params.update((f"after_{n}", value) for n, value in enumerate(after))
+    rows = [dict(row) for row in (await conn.execute(_list_statement(shape), params)).mappings()]
     if rows:
         total = rows[0]["total"]
         for row in rows:
             del row["total"]
     else:
         total = (
-            await conn.execute(select(func.count()).select_from(task_table).where(*where))
+            await conn.execute(_count_statement(replace(shape, cursor=False)), params)
         ).scalar_one()
     cursor = None
     if len(rows) > query.limit:
