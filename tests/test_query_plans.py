@@ -26,7 +26,6 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend import db
-from backend.services import tasks
 from backend.services.tasks import fold, tag_keys
 from tests.conftest import PostgresCluster, database_kinds, make_settings, running_app
 
@@ -253,24 +252,7 @@ async def test_a_list_reads_only_the_users_rows_through_an_index(
         assert OWN_INDEX[name] in used, used
 
 
-# Page 2 of sort=priority answers 500 on this branch: its cursor holds the rank, which the
-# column's type refuses to bind. i7-list fixed it (0137189, in main since d442ede) by keeping
-# the name; merged with that, the condition is false and these run as the others do.
-_PRIORITY_CURSOR_500 = pytest.mark.xfail(
-    tasks._sort_values("priority", {"priority": "high", "id": 1})[0] == 3,
-    reason="priority cursor 500, fixed by i7-list 0137189 (main d442ede)",
-    raises=AssertionError,
-    strict=True,
-)
-
-
-@pytest.mark.parametrize(
-    "sort",
-    [
-        pytest.param(sort, marks=_PRIORITY_CURSOR_500) if "priority" in sort else sort
-        for sort in (*SORTS, *(f"-{sort}" for sort in SORTS))
-    ],
-)
+@pytest.mark.parametrize("sort", [*SORTS, *(f"-{sort}" for sort in SORTS)])
 async def test_a_cursor_page_reads_through_an_index(
     plans_url: str, auth: Callable[..., dict[str, str]], sort: str
 ) -> None:
