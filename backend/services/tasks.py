@@ -220,24 +220,22 @@ async def update_task(
         return await get_task(conn, user_id=user_id, task_id=task_id)
     params = {f"new_{name}": value for name, value in {**changes, **_derived(changes)}.items()}
     params.update(_key(user_id, task_id), now=_now())
-    if changes.get("due_at") is not None:
-        params["new_offset_minutes"] = _offset_minutes(changes["due_at"])
-    elif "due_at" in changes:
-        params["new_offset_minutes"] = 0
+    if "due_at" in changes:
+        due = changes["due_at"]
+        params["new_offset_minutes"] = 0 if due is None else _offset_minutes(due)
     fields = tuple(sorted(changes))
     # Only a completion can create an occurrence: anything else is one statement, whatever the
     # task. A completion of a task that may recur (now or after this write) takes the locked path.
     completes = changes.get("completed") is True
-    if completes and changes.get("recurrence") is not None:
-        return await _write_locked(conn, _update_statement(fields, locked=True), params)
     try:
-        result = await conn.execute(_update_statement(fields, completing=completes), params)
+        if not (completes and changes.get("recurrence") is not None):
+            result = await conn.execute(_update_statement(fields, completing=completes), params)
+            row = result.mappings().first()
+            if row is not None or not completes:
+                return _one(row)
+        return await _write_locked(conn, _update_statement(fields, locked=True), params)
     except sa_exc.IntegrityError:
         raise _needs_due_date(changes) from None
-    row = result.mappings().first()
-    if row is None and completes:
-        return await _write_locked(conn, _update_statement(fields, locked=True), params)
-    return _one(row)
 
 
 def _needs_due_date(changes: dict[str, Any]) -> ValidationFailed:
@@ -274,13 +272,7 @@ async def _write_locked(
     async with db.transaction(conn):
         if (await conn.execute(_LOCK, params)).first() is None:
             raise TaskNotFound()
-        try:
-            row = (await conn.execute(statement, params)).mappings().one()
-        except sa_exc.IntegrityError:
-            raise _needs_due_date(
-                {k[4:]: v for k, v in params.items() if k.startswith("new_")}
-            ) from None
-        task = dict(row)
+        task = dict((await conn.execute(statement, params)).mappings().one())
         if task["completed"] and task["recurrence"] and task["next_occurrence_id"] is None:
             occurrence = _next_occurrence(task, params["now"])
             if occurrence is not None:
@@ -525,10 +517,9 @@ async def list_tasks(conn: AsyncConnection, *, user_id: str, query: TaskQuery) -
     1,000 costs what page 1 costs, and a task inserted meanwhile is never returned twice),
     with the number of all the tasks that match."""
     shape = _shape(query)
-    fingerprint = _fingerprint(user_id, query)
     params = {**_filter_values(user_id, query), "limit": query.limit + 1}
     if query.cursor is not None:
-        after = _decode_cursor(query.cursor, query.sort, fingerprint)
+        after = _decode_cursor(query.cursor, query.sort, _fingerprint(user_id, query))
         params.update((f"after_{n}", value) for n, value in enumerate(after))
     rows = [dict(row) for row in (await conn.execute(_list_statement(shape), params)).mappings()]
     if rows:
@@ -542,7 +533,7 @@ async def list_tasks(conn: AsyncConnection, *, user_id: str, query: TaskQuery) -
     cursor = None
     if len(rows) > query.limit:
         del rows[query.limit :]
-        cursor = _encode_cursor(_sort_values(query.sort, rows[-1]), fingerprint)
+        cursor = _encode_cursor(_sort_values(query.sort, rows[-1]), _fingerprint(user_id, query))
     return Page(tasks=rows, total=total, cursor=cursor)
 
 
