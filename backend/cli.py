@@ -17,6 +17,9 @@ from backend.config import Settings, with_development_secret
 
 _TTL = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# On SIGTERM, requests in flight get this long to finish; open event streams, which never
+# finish by themselves, are then closed (their clients reconnect with Last-Event-ID).
+GRACEFUL_SHUTDOWN_SECONDS = 10
 
 
 def _ttl(text: str) -> int:
@@ -57,6 +60,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         http="httptools",
         proxy_headers=args.proxy_headers,
         log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
 

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     db_statement_timeout: float = Field(
         default=5.0, gt=0, le=600, description="seconds a statement (or lock wait) may take"
     )
+    sse_heartbeat_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        description="seconds of silence after which an event stream sends a heartbeat",
+    )
     db_pooler: Literal["none", "transaction"] | None = Field(
         default=None,
         description="transaction: DATABASE_URL is a transaction-mode pooler (PgBouncer); "

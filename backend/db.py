@@ -39,7 +39,7 @@ import os
 import socket
 import sqlite3
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -48,8 +48,10 @@ from typing import IO, Any
 import orjson
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, event, text
+from sqlalchemy import ColumnElement, Connection, Insert, Table, event, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
@@ -179,6 +181,12 @@ def check_urls(settings: Settings) -> None:
 def behind_pooler(settings: Settings) -> bool:
     """Whether requests go through a transaction-mode pooler (DB_POOLER, or a Neon -pooler host)."""
     return _target(settings, direct=False)[1]
+
+
+def can_listen(settings: Settings) -> bool:
+    """Whether there is a session connection to LISTEN on: PostgreSQL, not through a pooler."""
+    url, pooled = _target(settings, direct=True)
+    return not is_sqlite(url) and not pooled
 
 
 def _unnamed_statement() -> str:
@@ -351,11 +359,36 @@ async def transaction(conn: AsyncConnection) -> AsyncIterator[None]:
     IMMEDIATE): a transaction that reads, then writes, can never fail to upgrade its lock. On
     PostgreSQL it is READ COMMITTED; rows to be changed are locked with SELECT … FOR UPDATE.
     Behind a transaction-mode pooler the server connection is held until COMMIT, as it must be.
+    Inside another transaction it is part of that one.
     """
-    await conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.dialect.name == "sqlite" else "BEGIN")
+    async with _transaction(conn, "BEGIN IMMEDIATE" if _is_sqlite(conn) else "BEGIN"):
+        yield
+
+
+@asynccontextmanager
+async def snapshot(conn: AsyncConnection) -> AsyncIterator[None]:
+    """A read-only transaction whose statements all see one snapshot of the database
+    (REPEATABLE READ on PostgreSQL; on SQLite, in WAL mode, any read transaction is one)."""
+    begin = "BEGIN" if _is_sqlite(conn) else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    async with _transaction(conn, begin):
+        yield
+
+
+def _is_sqlite(conn: AsyncConnection) -> bool:
+    return conn.dialect.name == "sqlite"
+
+
+@asynccontextmanager
+async def _transaction(conn: AsyncConnection, begin: str) -> AsyncIterator[None]:
+    if conn.info.get("in_transaction"):
+        yield
+        return
+    await conn.exec_driver_sql(begin)
+    conn.info["in_transaction"] = True
     try:
         yield
     except BaseException:
+        conn.info["in_transaction"] = False
         try:
             await conn.exec_driver_sql("ROLLBACK")
         except Exception:
@@ -363,7 +396,27 @@ async def transaction(conn: AsyncConnection) -> AsyncIterator[None]:
             # the pool inside a transaction, since nothing resets it on return.
             await conn.invalidate()
         raise
+    conn.info["in_transaction"] = False
     await conn.exec_driver_sql("COMMIT")
+
+
+def insert_unless_present(
+    conn: AsyncConnection,
+    table: Table,
+    values: dict[str, Any],
+    *,
+    replace_where: ColumnElement[bool],
+) -> Insert:
+    """INSERT these values, or replace the row with the same primary key if `replace_where`
+    holds for it (an expired one, say). A row comes back when the values were written; none when
+    a row that stays was there. A row being written by another transaction is waited for."""
+    dialect_insert = sqlite_insert if _is_sqlite(conn) else postgresql_insert
+    statement = dialect_insert(table).values(values)
+    return statement.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={name: statement.excluded[name] for name in values},
+        where=replace_where,
+    ).returning(*table.primary_key.columns)
 
 
 def _json_text(value: Any) -> str:
@@ -417,6 +470,41 @@ def make_engine(settings: Settings, *, for_requests: bool = True) -> AsyncEngine
             event.listen(engine.sync_engine, "connect", partial(_set_timeouts, milliseconds))
     event.listen(engine.sync_engine, "handle_error", _on_driver_error)
     return engine
+
+
+async def listen(
+    settings: Settings,
+    channel: str,
+    on_message: Callable[[str], None],
+    on_listening: Callable[[], None],
+    *,
+    keepalive_seconds: float = 30.0,
+) -> None:
+    """LISTEN to a PostgreSQL channel on a session connection of DATABASE_DIRECT_URL (a
+    transaction-mode pooler cannot hold one), calling `on_message(payload)` for each
+    notification, until the connection fails: then it raises. A query every `keepalive_seconds`
+    finds a connection that died without a word (and keeps Neon's compute from suspending it
+    while streams are open)."""
+    engine = make_engine(settings, for_requests=False)
+    try:
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None  # an open connection has its asyncpg connection
+            lost = asyncio.Event()
+            raw.add_termination_listener(lambda _: lost.set())
+            await raw.add_listener(
+                channel, lambda _conn, _pid, _channel, payload: on_message(payload)
+            )
+            on_listening()
+            while not lost.is_set():
+                try:
+                    async with asyncio.timeout(keepalive_seconds):
+                        await lost.wait()
+                except TimeoutError:
+                    await raw.fetchval("SELECT 1", timeout=keepalive_seconds)
+            raise DatabaseUnavailable("the listening connection was closed")
+    finally:
+        await engine.dispose()
 
 
 # An arbitrary, fixed key: every process of this service migrating the same database takes

@@ -12,12 +12,16 @@
     ├── NotFound                   404 NOT_FOUND
     │   └── TaskNotFound               TASK_NOT_FOUND
     ├── MethodNotAllowed           405 METHOD_NOT_ALLOWED
+    ├── SyncTokenExpired           410 SYNC_TOKEN_EXPIRED
+    ├── PreconditionFailed         412 PRECONDITION_FAILED (+ current, ETag)
     ├── PayloadTooLarge            413 PAYLOAD_TOO_LARGE
     ├── UnsupportedMediaType       415 UNSUPPORTED_MEDIA_TYPE
     ├── ValidationFailed           422 VALIDATION_ERROR (+ field)
+    │   └── IdempotencyKeyReused       IDEMPOTENCY_KEY_REUSED
     └── ServiceUnavailable         503 SERVICE_UNAVAILABLE (+ Retry-After)
 
-Body: {"detail": str, "code": str, "field"?: str, "errors"?: [{"field", "message"}]}.
+Body: {"detail": str, "code": str, "field"?: str, "errors"?: [{"field", "message"}]}, and for a
+412 the task as it is now in "current".
 Nothing else raises HTTPException; no response carries a traceback, SQL or a driver's message.
 An HTTPException that Starlette or FastAPI raise themselves keeps its status and headers and
 gets the code of its status. Unexpected failures are answered by `UnexpectedErrors`, a
@@ -55,6 +59,10 @@ class AppError(Exception):
         super().__init__(self.detail)
 
     def headers(self) -> dict[str, str]:
+        return {}
+
+    def extra(self) -> dict[str, Any]:
+        """Members of the body beyond detail, code and field."""
         return {}
 
 
@@ -126,6 +134,35 @@ class MethodNotAllowed(AppError):
     default_detail = "Method not allowed"
 
 
+class SyncTokenExpired(AppError):
+    status_code = 410
+    code = "SYNC_TOKEN_EXPIRED"
+    default_detail = (
+        "This sync token is older than the deletions the service remembers (30 days), or not "
+        "one of this user's: list the tasks again and follow the change feed from its "
+        "X-Sync-Token"
+    )
+
+
+class PreconditionFailed(AppError):
+    status_code = 412
+    code = "PRECONDITION_FAILED"
+    default_detail = (
+        "The task has changed since the version in If-Match: `current` is the task as it is "
+        "now; apply the change to it and send its ETag"
+    )
+
+    def __init__(self, current: dict[str, Any]) -> None:
+        super().__init__()
+        self.current = current
+
+    def headers(self) -> dict[str, str]:
+        return {"ETag": f'"{self.current["version"]}"'}
+
+    def extra(self) -> dict[str, Any]:
+        return {"current": self.current}
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "PAYLOAD_TOO_LARGE"
@@ -142,6 +179,17 @@ class ValidationFailed(AppError):
     status_code = 422
     code = "VALIDATION_ERROR"
     default_detail = "Invalid request"
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    code = "IDEMPOTENCY_KEY_REUSED"
+    default_detail = (
+        "Idempotency-Key: this key was used with another request (method, path or body) in "
+        "the last 24 hours; send a new key for a new request"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(field="Idempotency-Key")
 
 
 class ServiceUnavailable(AppError):
@@ -168,6 +216,7 @@ def error_response(error: AppError, *, errors: Sequence[dict[str, str]] | None =
             ]
     if errors:
         body["errors"] = list(errors)
+    body.update(error.extra())
     return _render(body, error.status_code, error.headers())
 
 
@@ -175,7 +224,10 @@ def _render(
     body: dict[str, Any], status_code: int, headers: dict[str, str] | None = None
 ) -> Response:
     return Response(
-        orjson.dumps(body), status_code=status_code, headers=headers, media_type="application/json"
+        orjson.dumps(body, option=orjson.OPT_UTC_Z),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
     )
 
 

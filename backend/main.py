@@ -1,8 +1,10 @@
 """The ASGI application: `backend.main:app`, built by `create_app(settings)`."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -12,9 +14,29 @@ from backend.config import Settings, with_development_secret
 from backend.errors import Cors, PayloadTooLarge, UnexpectedErrors, install_error_handlers
 from backend.middleware.jwt_auth import TokenVerifier
 from backend.routes import tasks
+from backend.services import idempotency
+from backend.services import tasks as task_service
+from backend.services.events import ChangeHub
 
 MAX_BODY_BYTES = 1024 * 1024
+HOUSEKEEPING_SECONDS = 3600
 logger = logging.getLogger("backend")
+
+
+async def housekeeping(database: db.Database, *, every: float = HOUSEKEEPING_SECONDS) -> None:
+    """Forget what the service keeps only for a while (idempotency keys after 24 hours,
+    deleted tasks after 30 days): every hour in each process, so there is no cron to set up.
+    Several processes doing it at once delete nothing twice."""
+    while True:
+        try:
+            async with database.connect() as conn:
+                now = datetime.now(UTC)
+                keys = await idempotency.purge(conn, now=now)
+                deletions = await task_service.forget_deletions(conn, now=now)
+            logger.info("housekeeping: %d idempotency keys, %d tombstones dropped", keys, deletions)
+        except Exception as exc:  # the database may be away: try again next time
+            logger.warning("housekeeping failed (%s); trying again later", type(exc).__name__)
+        await asyncio.sleep(every)
 
 
 class BodySizeLimit:
@@ -78,7 +100,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await db.migrate(settings)
+        cleaner = asyncio.create_task(housekeeping(app.state.db), name="housekeeping")
         yield
+        cleaner.cancel()
+        with suppress(asyncio.CancelledError):
+            await cleaner
+        await app.state.changes.aclose()
         await app.state.verifier.aclose()
         await app.state.db.dispose()
 
@@ -94,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db.Database(settings)
     app.state.verifier = TokenVerifier(settings)
+    app.state.changes = ChangeHub(settings)
     install_error_handlers(app)
     app.include_router(tasks.router)
     # Listed innermost first: CORS wraps everything the app answers, errors included.
@@ -106,8 +134,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_credentials=True,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Location", "Link", "X-Total-Count"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "If-None-Match",
+                "Idempotency-Key",
+                "Last-Event-ID",
+            ],
+            expose_headers=[
+                "Location",
+                "Link",
+                "X-Total-Count",
+                "ETag",
+                "X-Sync-Token",
+                "Idempotent-Replayed",
+            ],
         )
     return app
 

@@ -410,6 +410,7 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield app, http
     finally:
+        await app.state.changes.aclose()
         await app.state.verifier.aclose()
         await app.state.db.dispose()
 
@@ -425,7 +426,8 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The real ASGI app on an empty task table, through httpx."""
     async with running_app(settings) as (app, http):
         async with app.state.db.engine.connect() as conn:
-            await conn.execute(text("DELETE FROM task"))
+            for table in ("task", "task_tombstone", "sync_state", "idempotency_key"):
+                await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
         yield http
 
 

@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-import backend.models.task  # noqa: F401 - registers the table on the metadata
+import backend.models.sync  # noqa: F401 - registers the tables (and the task table) on the metadata
 from backend.config import Settings
 from backend.db import make_engine
 

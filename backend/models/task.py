@@ -121,6 +121,8 @@ class Task(SQLModel, table=True):
             postgresql_where=text("NOT completed"),
             sqlite_where=text("completed = 0"),
         ),
+        # The change feed: WHERE user_id = ? AND change_seq > ? ORDER BY change_seq.
+        Index("ix_task_user_id_change_seq", "user_id", "change_seq"),
         CheckConstraint("recurrence IS NULL OR due_at IS NOT NULL", name="recurrence_needs_due_at"),
         CheckConstraint("priority BETWEEN 1 AND 3", name="priority_range"),
         # Ids are never reused after a delete (SQLite would otherwise hand out max(id)+1 again).
@@ -156,7 +158,17 @@ class Task(SQLModel, table=True):
         default=None, sa_column=Column(UTCDateTime, nullable=True)
     )
 
+    # 1 on create, +1 on each change: the ETag, and what If-Match compares.
+    version: int = Field(
+        default=1, sa_column=Column(Integer, nullable=False, server_default=text("1"))
+    )
+
     # Internal columns, never in a response (services return the public ones only).
+    # The owner's change sequence number of the task's last change (see models.sync), set by
+    # the database's triggers whenever `version` moves: the change feed's order and its tokens.
+    change_seq: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
+    )
     # Case-folded copies for case-insensitive search on both databases, any script (É finds é).
     title_fold: str = Field(sa_column=Column(Text, nullable=False, server_default=text("''")))
     description_fold: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -1,23 +1,33 @@
 """HTTP handlers for /api/{user_id}/tasks…: authorise, call one service function, render.
 
 Rows are rendered straight to JSON (orjson); `response_model` documents the shape in OpenAPI
-without re-validating what the database just returned.
+without re-validating what the database just returned. The HTTP side of safe edits lives here:
+ETag / If-Match / If-None-Match are versions, Idempotency-Key wraps a write in
+`services.idempotency.once`, and the event stream follows the change feed.
 """
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
 import orjson
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import MISSING, BeforeValidator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from backend.errors import MalformedJSON, UnsupportedMediaType
+from backend.db import DatabaseUnavailable
+from backend.errors import AppError, MalformedJSON, UnsupportedMediaType
 from backend.middleware.jwt_auth import CurrentUser, authenticate
-from backend.schemas.error import ErrorBody
+from backend.models.sync import IDEMPOTENCY_KEY_MAX
+from backend.schemas.error import ErrorBody, PreconditionFailedBody
 from backend.schemas.task import (
+    MAX_LIST_LIMIT,
+    ChangesRead,
     CompleteBody,
     DeletedCount,
     TaskCreate,
@@ -26,7 +36,10 @@ from backend.schemas.task import (
     TaskReplace,
     TaskUpdate,
 )
-from backend.services import tasks
+from backend.services import idempotency, tasks
+from backend.services.events import POLL_SECONDS, ChangeHub
+
+logger = logging.getLogger("backend.events")
 
 MAX_TASK_ID = 2**63 - 1  # BIGINT; larger ids cannot exist, and would overflow the driver
 
@@ -77,12 +90,62 @@ def _digits_only(value: object) -> object:
     return value
 
 
+def _hub(request: Request) -> ChangeHub:
+    hub: ChangeHub = request.app.state.changes
+    return hub
+
+
 Conn = Annotated[AsyncConnection, Depends(_connection)]
+Hub = Annotated[ChangeHub, Depends(_hub)]
 TaskIdPath = Annotated[
     int,
     Path(ge=1, le=MAX_TASK_ID, description="The task's id"),
     BeforeValidator(_digits_only),
 ]
+
+
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description='Change the task only if it is still at this version: its ETag, `"3"`. '
+        "A stale one is 412 with the task as it is now in `current`.",
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(alias="If-None-Match", description="The ETag you have: 304 if it is still current."),
+]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_MAX,
+        pattern=r"^[\x20-\x7e]+$",
+        description="Any unique string (a UUID): a repeat of this request with the same key, "
+        "within 24 hours, gets the first response again with `Idempotent-Replayed: true` and "
+        "changes nothing; the same key with another request is 422 IDEMPOTENCY_KEY_REUSED.",
+    ),
+]
+_ENTITY_TAG = re.compile(r'(W/)?"(\d{1,18})"|(\d{1,18})')
+
+
+def _versions(header: str | None, *, weak: bool) -> tasks.Versions | None:
+    """The task versions an If-Match (strong comparison) or If-None-Match (`weak`) names; None
+    for none at all (no header) or any (`*`). A bare number is taken as the ETag a client
+    forgot to quote; any other entity tag matches no version."""
+    if header is None:
+        return None
+    versions = set()
+    for member in header.split(","):
+        member = member.strip()
+        if member == "*":
+            return None
+        match = _ENTITY_TAG.fullmatch(member)
+        if match and (weak or not match.group(1)):
+            versions.add(int(match.group(2) or match.group(3)))
+    return frozenset(versions)
 
 
 Responses = dict[int | str, dict[str, Any]]
@@ -106,6 +169,21 @@ router = APIRouter(
     },
 )
 _NOT_FOUND: Responses = {404: _error("No such task for this user (TASK_NOT_FOUND)")}
+_ETAG_HEADER = {"ETag": {"description": 'The task\'s version: `"3"`', "schema": {"type": "string"}}}
+_TASK_HEADERS: Responses = {200: {"headers": _ETAG_HEADER}}
+_PRECONDITION: Responses = {
+    412: {
+        "model": PreconditionFailedBody,
+        "description": "If-Match names another version (PRECONDITION_FAILED); `current` is the "
+        "task as it is now, and ETag its version",
+    }
+}
+_REPLAYED_HEADER = {
+    "Idempotent-Replayed": {
+        "description": "`true` on the repeat of a request with an Idempotency-Key",
+        "schema": {"type": "string"},
+    }
+}
 _BODY_ERRORS: Responses = {
     400: _error("The body is not valid JSON (MALFORMED_JSON)"),
     413: _error("The body is larger than 1 MiB (PAYLOAD_TOO_LARGE)"),
@@ -113,15 +191,58 @@ _BODY_ERRORS: Responses = {
 }
 
 
+def _json(content: Any) -> bytes:
+    return orjson.dumps(content, option=orjson.OPT_UTC_Z)
+
+
 def _render(
     content: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     return Response(
-        orjson.dumps(content, option=orjson.OPT_UTC_Z),
-        status_code=status_code,
-        headers=headers,
-        media_type="application/json",
+        _json(content), status_code=status_code, headers=headers, media_type="application/json"
     )
+
+
+def _etag(task: tasks.TaskRecord) -> str:
+    return f'"{task["version"]}"'
+
+
+def _render_task(task: tasks.TaskRecord) -> Response:
+    return _render(task, headers={"ETag": _etag(task)})
+
+
+async def _once(
+    request: Request,
+    conn: AsyncConnection,
+    user_id: str,
+    key: str | None,
+    write: Callable[[], Awaitable[tasks.TaskRecord]],
+    status_code: int = 200,
+) -> Response:
+    """Run a write, once per Idempotency-Key when one is sent, and answer with its task."""
+
+    async def run() -> tuple[int, bytes]:
+        return status_code, _json(await write())
+
+    if key is None:
+        status, body = await run()
+        replayed = False
+    else:
+        sent = await request.json() if await request.body() else None
+        fingerprint = idempotency.request_hash(request.method, request.url.path, sent)
+        outcome = await idempotency.once(
+            conn, user_id=user_id, key=key, fingerprint=fingerprint, run=run
+        )
+        status, body, replayed = outcome.status, outcome.body, outcome.replayed
+    if not replayed:
+        _hub(request).written(user_id)
+    task = orjson.loads(body)
+    headers = {"ETag": _etag(task)}
+    if status == 201:
+        headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task['id']}"
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
 _LIST_HEADERS = {
@@ -131,6 +252,10 @@ _LIST_HEADERS = {
     },
     "Link": {
         "description": 'The next page, while there is one: `</api/…/tasks?…&cursor=…>; rel="next"`',
+        "schema": {"type": "string"},
+    },
+    "X-Sync-Token": {
+        "description": "Where the change feed (`…/tasks/changes?since=`) takes over from this list",
         "schema": {"type": "string"},
     },
 }
@@ -149,7 +274,7 @@ async def list_tasks(
     request: Request, user_id: CurrentUser, conn: Conn, query: Annotated[TaskQuery, Query()]
 ) -> Response:
     page = await tasks.list_tasks(conn, user_id=user_id, query=query)
-    headers = {"X-Total-Count": str(page.total)}
+    headers = {"X-Total-Count": str(page.total), "X-Sync-Token": page.sync_token}
     if page.cursor is not None:
         # Relative (RFC 8288): never built from the Host header. The user id is encoded as in
         # `Location`: a header is ASCII, and a `?` or `#` in the id must stay in the path.
@@ -171,33 +296,190 @@ async def list_tasks(
 async def delete_tasks(
     user_id: CurrentUser,
     conn: Conn,
+    hub: Hub,
     status: Annotated[Literal["completed", "all"], Query(description="`completed` or `all`")],
 ) -> Response:
     deleted = await tasks.delete_tasks(conn, user_id=user_id, completed_only=status == "completed")
+    hub.written(user_id)
     return _render({"deleted": deleted})
+
+
+SinceToken = Annotated[
+    str | None,
+    Query(
+        max_length=100,
+        description="A sync token: a list's `X-Sync-Token`, or the `next` of the last page of "
+        "changes. Left out: every task there is.",
+    ),
+]
+
+
+@router.get(
+    "/{user_id}/tasks/changes",
+    summary="What changed since a sync token",
+    description="Tasks created or changed (as they are now) and ids of tasks deleted after "
+    "`since`, in the order they changed, at most `limit`; `next` is the token to ask with next "
+    "time, and `has_more` says whether to ask at once. Deletions are remembered 30 days: an "
+    "older token is 410 SYNC_TOKEN_EXPIRED (list the tasks again and go on from the list's "
+    "X-Sync-Token).",
+    response_model=ChangesRead,
+    responses={410: _error("The token is too old to be served (SYNC_TOKEN_EXPIRED)")},
+)
+async def list_changes(
+    user_id: CurrentUser,
+    conn: Conn,
+    since: SinceToken = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = MAX_LIST_LIMIT,
+) -> Response:
+    changes = await tasks.changes(conn, user_id=user_id, since=since, limit=limit)
+    return _render(
+        {
+            "changed": [task for _, _, task in changes.items if task is not None],
+            "deleted": [task_id for _, task_id, task in changes.items if task is None],
+            "next": changes.next,
+            "has_more": changes.has_more,
+        }
+    )
+
+
+_EVENT_PAGE = 100  # changes read per round trip while a stream catches up
+_SSE_RETRY_MS = 3000
+
+
+def _event(seq: int, task_id: int, task: tasks.TaskRecord | None) -> bytes:
+    if task is None:
+        return b"id: %d\nevent: deleted\ndata: %s\n\n" % (seq, _json({"id": task_id}))
+    return b"id: %d\nevent: changed\ndata: %s\n\n" % (seq, _json(task))
+
+
+@router.get(
+    "/{user_id}/tasks/events",
+    summary="Live changes (Server-Sent Events)",
+    description="A stream of the user's changes as they happen: `event: changed` with the "
+    'task, `event: deleted` with `{"id"}`; each event\'s `id` is its sync token. A comment '
+    "line is sent when nothing happened for a while (a heartbeat). Reconnect with "
+    "`Last-Event-ID` (or `?since=`) to resume without a gap; without either the stream starts "
+    "from now. Send the token in `Authorization` as for every route (a fetch-based "
+    "EventSource client).",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "The event stream",
+        },
+        410: _error("The token is too old to be served (SYNC_TOKEN_EXPIRED)"),
+    },
+)
+async def stream_events(
+    request: Request,
+    user_id: CurrentUser,
+    hub: Hub,
+    since: SinceToken = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", max_length=100, description="The last event's id"),
+    ] = None,
+) -> StreamingResponse:
+    database = request.app.state.db
+    heartbeat: float = request.app.state.settings.sse_heartbeat_seconds
+    token = last_event_id or since
+    async with database.connect() as conn:
+        if token is None:
+            token = await tasks.current_sync_token(conn, user_id=user_id)
+        else:  # an expired or foreign token is refused before the stream starts
+            await tasks.changes(conn, user_id=user_id, since=token, limit=1)
+
+    async def events() -> AsyncIterator[bytes]:
+        since = token
+        yield b"retry: %d\n: connected\n\n" % _SSE_RETRY_MS
+        # Subscribed before each read: a change made while reading wakes the next one.
+        with hub.subscribe(user_id) as wake:
+            while True:
+                wake.clear()
+                try:
+                    async with database.connect() as conn:
+                        page = await tasks.changes(
+                            conn, user_id=user_id, since=since, limit=_EVENT_PAGE
+                        )
+                except (AppError, DatabaseUnavailable) as exc:
+                    # The client reconnects with Last-Event-ID and misses nothing.
+                    logger.info("event stream ended: %s", type(exc).__name__)
+                    return
+                for seq, task_id, task in page.items:
+                    yield _event(seq, task_id, task)
+                since = page.next
+                if page.has_more:
+                    continue
+                try:
+                    async with asyncio.timeout(heartbeat if hub.live else POLL_SECONDS):
+                        await wake.wait()
+                except TimeoutError:
+                    yield b": heartbeat\n\n"
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.post(
     "/{user_id}/tasks",
     summary="Create a task",
+    description="With an `Idempotency-Key`, a retry of the same request creates nothing and "
+    "gets the first response again (`Idempotent-Replayed: true`), however many are in flight.",
     status_code=201,
     response_model=TaskRead,
-    responses=_BODY_ERRORS,
+    responses={
+        201: {
+            "headers": {
+                **_ETAG_HEADER,
+                **_REPLAYED_HEADER,
+                "Location": {
+                    "description": "`/api/{user_id}/tasks/{id}`",
+                    "schema": {"type": "string"},
+                },
+            }
+        },
+        **_BODY_ERRORS,
+    },
 )
-async def create_task(user_id: CurrentUser, conn: Conn, data: TaskCreate) -> Response:
-    task = await tasks.create_task(conn, user_id=user_id, data=data)
-    location = f"/api/{quote(user_id, safe='')}/tasks/{task['id']}"
-    return _render(task, status_code=201, headers={"Location": location})
+async def create_task(
+    request: Request,
+    user_id: CurrentUser,
+    conn: Conn,
+    data: TaskCreate,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await _once(
+        request,
+        conn,
+        user_id,
+        idempotency_key,
+        lambda: tasks.create_task(conn, user_id=user_id, data=data),
+        status_code=201,
+    )
 
 
 @router.get(
     "/{user_id}/tasks/{task_id}",
     summary="Get a task",
     response_model=TaskRead,
-    responses=_NOT_FOUND,
+    responses={
+        **_TASK_HEADERS,
+        304: {"description": "If-None-Match names the current version: nothing to send"},
+        **_NOT_FOUND,
+    },
 )
-async def get_task(user_id: CurrentUser, conn: Conn, task_id: TaskIdPath) -> Response:
-    return _render(await tasks.get_task(conn, user_id=user_id, task_id=task_id))
+async def get_task(
+    user_id: CurrentUser, conn: Conn, task_id: TaskIdPath, if_none_match: IfNoneMatch = None
+) -> Response:
+    task = await tasks.get_task(conn, user_id=user_id, task_id=task_id)
+    if if_none_match is not None:
+        versions = _versions(if_none_match, weak=True)
+        if versions is None or task["version"] in versions:
+            return Response(status_code=304, headers={"ETag": _etag(task)})
+    return _render_task(task)
 
 
 @router.put(
@@ -207,12 +489,25 @@ async def get_task(user_id: CurrentUser, conn: Conn, task_id: TaskIdPath) -> Res
     '(`"description": null` clears it) and keeps its value if left out. Read-only fields sent '
     "back (`id`, timestamps…) are ignored.",
     response_model=TaskRead,
-    responses={**_NOT_FOUND, **_BODY_ERRORS},
+    responses={**_TASK_HEADERS, **_NOT_FOUND, **_PRECONDITION, **_BODY_ERRORS},
 )
 async def replace_task(
-    user_id: CurrentUser, conn: Conn, task_id: TaskIdPath, data: TaskReplace
+    user_id: CurrentUser,
+    conn: Conn,
+    hub: Hub,
+    task_id: TaskIdPath,
+    data: TaskReplace,
+    if_match: IfMatch = None,
 ) -> Response:
-    return _render(await tasks.update_task(conn, user_id=user_id, task_id=task_id, data=data))
+    task = await tasks.update_task(
+        conn,
+        user_id=user_id,
+        task_id=task_id,
+        data=data,
+        if_match=_versions(if_match, weak=False),
+    )
+    hub.written(user_id)
+    return _render_task(task)
 
 
 @router.patch(
@@ -220,31 +515,63 @@ async def replace_task(
     summary="Update some fields of a task",
     description="Only the fields sent change; `{}` changes nothing.",
     response_model=TaskRead,
-    responses={**_NOT_FOUND, **_BODY_ERRORS},
+    responses={**_TASK_HEADERS, **_NOT_FOUND, **_PRECONDITION, **_BODY_ERRORS},
 )
 async def update_task(
-    user_id: CurrentUser, conn: Conn, task_id: TaskIdPath, data: TaskUpdate
+    user_id: CurrentUser,
+    conn: Conn,
+    hub: Hub,
+    task_id: TaskIdPath,
+    data: TaskUpdate,
+    if_match: IfMatch = None,
 ) -> Response:
-    return _render(await tasks.update_task(conn, user_id=user_id, task_id=task_id, data=data))
+    task = await tasks.update_task(
+        conn,
+        user_id=user_id,
+        task_id=task_id,
+        data=data,
+        if_match=_versions(if_match, weak=False),
+    )
+    hub.written(user_id)
+    return _render_task(task)
 
 
 @router.patch(
     "/{user_id}/tasks/{task_id}/complete",
     summary="Toggle or set completion",
     description='No body or `{}`: toggles `completed`. `{"completed": true|false}`: sets it. '
-    '`{"completed": null}` is refused.',
+    '`{"completed": null}` is refused. With an `Idempotency-Key`, a retried toggle does not '
+    "toggle again.",
     response_model=TaskRead,
-    responses={**_NOT_FOUND, **_BODY_ERRORS},
+    responses={
+        200: {"headers": {**_ETAG_HEADER, **_REPLAYED_HEADER}},
+        **_NOT_FOUND,
+        **_PRECONDITION,
+        **_BODY_ERRORS,
+    },
 )
 async def complete_task(
+    request: Request,
     user_id: CurrentUser,
     conn: Conn,
     task_id: TaskIdPath,
     data: Annotated[CompleteBody | None, Body()] = None,
+    if_match: IfMatch = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     completed = None if data is None or data.completed is MISSING else data.completed
-    return _render(
-        await tasks.set_completed(conn, user_id=user_id, task_id=task_id, completed=completed)
+    return await _once(
+        request,
+        conn,
+        user_id,
+        idempotency_key,
+        lambda: tasks.set_completed(
+            conn,
+            user_id=user_id,
+            task_id=task_id,
+            completed=completed,
+            if_match=_versions(if_match, weak=False),
+        ),
     )
 
 
@@ -253,7 +580,13 @@ async def complete_task(
     summary="Delete a task",
     description="Answers with the task that was deleted; a second DELETE is 404.",
     response_model=TaskRead,
-    responses=_NOT_FOUND,
+    responses={**_TASK_HEADERS, **_NOT_FOUND, **_PRECONDITION},
 )
-async def delete_task(user_id: CurrentUser, conn: Conn, task_id: TaskIdPath) -> Response:
-    return _render(await tasks.delete_task(conn, user_id=user_id, task_id=task_id))
+async def delete_task(
+    user_id: CurrentUser, conn: Conn, hub: Hub, task_id: TaskIdPath, if_match: IfMatch = None
+) -> Response:
+    task = await tasks.delete_task(
+        conn, user_id=user_id, task_id=task_id, if_match=_versions(if_match, weak=False)
+    )
+    hub.written(user_id)
+    return _render_task(task)

@@ -2,6 +2,8 @@
 
 from pydantic import BaseModel
 
+from backend.schemas.task import TaskRead
+
 
 class FieldProblem(BaseModel):
     field: str
@@ -13,3 +15,7 @@ class ErrorBody(BaseModel):
     code: str
     field: str | None = None
     errors: list[FieldProblem] | None = None
+
+
+class PreconditionFailedBody(ErrorBody):
+    current: TaskRead

@@ -232,6 +232,14 @@ class TaskRead(BaseModel):
     remind_at: datetime | None
     recurrence: Recurrence | None
     completed_at: datetime | None
+    version: int = Field(description="1 on create, +1 on each change; the ETag is its quoted value")
+
+
+class ChangesRead(BaseModel):
+    changed: list[TaskRead] = Field(description="created or changed tasks, as they are now")
+    deleted: list[int] = Field(description="ids of deleted tasks")
+    next: str = Field(description="the sync token to ask with next time")
+    has_more: bool = Field(description="true: there is more already; ask again at once")
 
 
 def _priorities(value: Any) -> Any:

@@ -4,6 +4,11 @@ Each operation is one statement with the owner in its WHERE clause (a task of an
 simply not found) and `RETURNING` the row, so a request costs one database round trip and no
 read-back. Rows come back as plain dicts of the public columns, ready to be rendered.
 
+Every change moves the task's `version` (its ETag). A write sent with `If-Match` carries the
+versions it accepts in the same statement's WHERE, so of two writers holding one version exactly
+one wins; when nothing matched, a read tells 404 from 412. The database's triggers give each
+change its place in the owner's change sequence (see `models.sync`), which the change feed reads.
+
 Two things need more than one statement, and get a transaction (`db.transaction`):
 - Completing a recurring task creates its next occurrence, exactly once. A completion first
   tries the one-statement path with `recurrence IS NULL` in its WHERE; only a recurring task
@@ -25,7 +30,9 @@ from typing import Any, cast
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    Integer,
     Select,
     Table,
     Update,
@@ -33,23 +40,32 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    false,
     func,
     insert,
     literal,
+    literal_column,
+    null,
     or_,
     select,
+    true,
+    union_all,
     update,
 )
+from sqlalchemy import cast as sa_cast
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend import db
-from backend.errors import TaskNotFound, ValidationFailed
+from backend.errors import PreconditionFailed, SyncTokenExpired, TaskNotFound, ValidationFailed
+from backend.models.sync import SyncState, TaskTombstone
 from backend.models.task import PRIORITIES, Task, UTCDateTime
 from backend.schemas.task import TaskCreate, TaskQuery, TaskRead, TaskReplace, TaskUpdate
 
 # A task as the public columns name it: what every service function returns.
 TaskRecord = dict[str, Any]
+# The versions an If-Match accepts; None when there is no If-Match (or it is `*`).
+Versions = frozenset[int]
 
 task_table = cast(Table, Task.__table__)  # type: ignore[attr-defined]
 _t = task_table.c
@@ -58,16 +74,25 @@ _t = task_table.c
 PUBLIC_COLUMNS = tuple(_t[name] for name in TaskRead.model_fields)
 # Named apart from the columns: UPDATE reserves the column names for its SET values.
 _owned = (_t.id == bindparam("key_id")) & (_t.user_id == bindparam("key_user"))
+sync_table = cast(Table, SyncState.__table__)  # type: ignore[attr-defined]
+_s = sync_table.c
+tombstone_table = cast(Table, TaskTombstone.__table__)  # type: ignore[attr-defined]
+_d = tombstone_table.c
 _NOW = bindparam("now", type_=UTCDateTime())
 _TAG_SEPARATOR = "\x1f"  # a control character: no tag can hold it
+
+# If-Match: the task must be at one of these versions.
+_AT_VERSION = _t.version.in_(bindparam("if_versions", expanding=True))
 
 _GET = select(*PUBLIC_COLUMNS).where(_owned)
 _CREATE = insert(task_table).returning(*PUBLIC_COLUMNS)
 _DELETE = delete(task_table).where(_owned).returning(*PUBLIC_COLUMNS)
+_DELETE_AT_VERSION = delete(task_table).where(_owned & _AT_VERSION).returning(*PUBLIC_COLUMNS)
 _TOGGLE_VALUES = {
     "completed": ~_t.completed,
     "completed_at": case((_t.completed, None), else_=_NOW),
     "updated_at": _NOW,
+    "version": _t.version + 1,
 }
 # The one-statement toggle, for a task that does not recur (the others take the locked path).
 _TOGGLE = (
@@ -76,8 +101,9 @@ _TOGGLE = (
     .values(_TOGGLE_VALUES)
     .returning(*PUBLIC_COLUMNS)
 )
+_TOGGLE_AT_VERSION = _TOGGLE.where(_AT_VERSION)
 _TOGGLE_LOCKED = update(task_table).where(_owned).values(_TOGGLE_VALUES).returning(*_t)
-_LOCK = select(_t.id).where(_owned).with_for_update()
+_LOCK = select(_t.version).where(_owned).with_for_update()
 _LINK = (
     update(task_table)
     .where(_t.id == bindparam("key_id"))
@@ -85,8 +111,23 @@ _LINK = (
 )
 
 
-def _key(user_id: str, task_id: int) -> dict[str, Any]:
-    return {"key_id": task_id, "key_user": user_id}
+def _key(user_id: str, task_id: int, if_match: Versions | None = None) -> dict[str, Any]:
+    key: dict[str, Any] = {"key_id": task_id, "key_user": user_id}
+    if if_match is not None:
+        key["if_versions"] = sorted(if_match)
+    return key
+
+
+async def _refused(conn: AsyncConnection, user_id: str, task_id: int) -> PreconditionFailed:
+    """A conditional write matched no row: 404 if the task is not there, else 412 with the task
+    as it is now."""
+    return PreconditionFailed(await get_task(conn, user_id=user_id, task_id=task_id))
+
+
+def _check_version(task: TaskRecord, if_match: Versions | None) -> TaskRecord:
+    if if_match is not None and task["version"] not in if_match:
+        raise PreconditionFailed(task)
+    return task
 
 
 def _now() -> datetime:
@@ -163,14 +204,23 @@ async def create_task(conn: AsyncConnection, *, user_id: str, data: TaskCreate) 
 
 @cache
 def _update_statement(
-    fields: tuple[str, ...], *, completing: bool = False, locked: bool = False
+    fields: tuple[str, ...],
+    *,
+    completing: bool = False,
+    locked: bool = False,
+    conditional: bool = False,
 ) -> Update:
-    """UPDATE of these public fields (and what follows from them). `updated_at` moves only if
-    one of them really changes. A `completing` update leaves a recurring task alone (it takes
-    the `locked` path, whose statement returns the internal columns too)."""
+    """UPDATE of these public fields (and what follows from them). `updated_at` and `version`
+    move only if one of them really changes. A `completing` update leaves a recurring task alone
+    (it takes the `locked` path, whose statement returns the internal columns too); a
+    `conditional` one (If-Match) only updates the task at one of the versions given."""
     new = {name: bindparam(f"new_{name}", type_=_t[name].type) for name in fields}
     changed = or_(*(_t[name].is_distinct_from(value) for name, value in new.items()))
-    values: dict[str, Any] = {**new, "updated_at": case((changed, _NOW), else_=_t.updated_at)}
+    values: dict[str, Any] = {
+        **new,
+        "updated_at": case((changed, _NOW), else_=_t.updated_at),
+        "version": case((changed, _t.version + 1), else_=_t.version),
+    }
     for name in fields:
         if name in _DERIVED:
             column = _DERIVED[name][0]
@@ -203,6 +253,8 @@ def _update_statement(
             (restarted, offset), else_=_t.recurrence_offset_minutes
         )
     where = _owned & _t.recurrence.is_(None) if completing else _owned
+    if conditional:
+        where &= _AT_VERSION
     return (
         update(task_table)
         .where(where)
@@ -212,14 +264,19 @@ def _update_statement(
 
 
 async def update_task(
-    conn: AsyncConnection, *, user_id: str, task_id: int, data: TaskUpdate | TaskReplace
+    conn: AsyncConnection,
+    *,
+    user_id: str,
+    task_id: int,
+    data: TaskUpdate | TaskReplace,
+    if_match: Versions | None = None,
 ) -> TaskRecord:
     """Apply the fields that were sent; the others keep their values, and `{}` changes nothing."""
     changes = data.model_dump()  # fields left out are MISSING, which model_dump drops
     if not changes:
-        return await get_task(conn, user_id=user_id, task_id=task_id)
+        return _check_version(await get_task(conn, user_id=user_id, task_id=task_id), if_match)
     params = {f"new_{name}": value for name, value in {**changes, **_derived(changes)}.items()}
-    params.update(_key(user_id, task_id), now=_now())
+    params.update(_key(user_id, task_id, if_match), now=_now())
     if "due_at" in changes:
         due = changes["due_at"]
         params["new_offset_minutes"] = 0 if due is None else _offset_minutes(due)
@@ -227,13 +284,19 @@ async def update_task(
     # Only a completion can create an occurrence: anything else is one statement, whatever the
     # task. A completion of a task that may recur (now or after this write) takes the locked path.
     completes = changes.get("completed") is True
+    conditional = if_match is not None
     try:
         if not (completes and changes.get("recurrence") is not None):
-            result = await conn.execute(_update_statement(fields, completing=completes), params)
-            row = result.mappings().first()
-            if row is not None or not completes:
-                return _one(row)
-        return await _write_locked(conn, _update_statement(fields, locked=True), params)
+            statement = _update_statement(fields, completing=completes, conditional=conditional)
+            row = (await conn.execute(statement, params)).mappings().first()
+            if row is not None:
+                return dict(row)
+            if not completes:
+                if conditional:
+                    raise await _refused(conn, user_id, task_id)
+                raise TaskNotFound()
+        statement = _update_statement(fields, locked=True)
+        return await _write_locked(conn, statement, params, if_match)
     except sa_exc.IntegrityError:
         raise _needs_due_date(changes) from None
 
@@ -250,28 +313,41 @@ def _needs_due_date(changes: dict[str, Any]) -> ValidationFailed:
 
 
 async def set_completed(
-    conn: AsyncConnection, *, user_id: str, task_id: int, completed: bool | None
+    conn: AsyncConnection,
+    *,
+    user_id: str,
+    task_id: int,
+    completed: bool | None,
+    if_match: Versions | None = None,
 ) -> TaskRecord:
     """`completed=None` toggles, atomically in the database; a bool sets it (idempotent)."""
     if completed is not None:
         return await update_task(
-            conn, user_id=user_id, task_id=task_id, data=TaskUpdate(completed=completed)
+            conn,
+            user_id=user_id,
+            task_id=task_id,
+            data=TaskUpdate(completed=completed),
+            if_match=if_match,
         )
-    params = {**_key(user_id, task_id), "now": _now()}
-    row = (await conn.execute(_TOGGLE, params)).mappings().first()
+    params = {**_key(user_id, task_id, if_match), "now": _now()}
+    toggle = _TOGGLE if if_match is None else _TOGGLE_AT_VERSION
+    row = (await conn.execute(toggle, params)).mappings().first()
     if row is not None:
         return dict(row)
-    return await _write_locked(conn, _TOGGLE_LOCKED, params)
+    return await _write_locked(conn, _TOGGLE_LOCKED, params, if_match)
 
 
 async def _write_locked(
-    conn: AsyncConnection, statement: Update, params: dict[str, Any]
+    conn: AsyncConnection, statement: Update, params: dict[str, Any], if_match: Versions | None
 ) -> TaskRecord:
     """The update of a task that may recur: with the row locked, update it, and if that
     completed it, create its next occurrence unless one exists already."""
     async with db.transaction(conn):
-        if (await conn.execute(_LOCK, params)).first() is None:
+        version = (await conn.execute(_LOCK, params)).scalar()
+        if version is None:
             raise TaskNotFound()
+        if if_match is not None and version not in if_match:
+            raise await _refused(conn, params["key_user"], params["key_id"])
         task = dict((await conn.execute(statement, params)).mappings().one())
         if task["completed"] and task["recurrence"] and task["next_occurrence_id"] is None:
             occurrence = _next_occurrence(task, params["now"])
@@ -332,9 +408,17 @@ def _next_occurrence(task: dict[str, Any], now: datetime) -> dict[str, Any] | No
     }
 
 
-async def delete_task(conn: AsyncConnection, *, user_id: str, task_id: int) -> TaskRecord:
-    result = await conn.execute(_DELETE, _key(user_id, task_id))
-    return _one(result.mappings().first())
+async def delete_task(
+    conn: AsyncConnection, *, user_id: str, task_id: int, if_match: Versions | None = None
+) -> TaskRecord:
+    """Delete the task (the database keeps its tombstone for the change feed)."""
+    statement = _DELETE if if_match is None else _DELETE_AT_VERSION
+    row = (await conn.execute(statement, _key(user_id, task_id, if_match))).mappings().first()
+    if row is not None:
+        return dict(row)
+    if if_match is not None:
+        raise await _refused(conn, user_id, task_id)
+    raise TaskNotFound()
 
 
 async def delete_tasks(conn: AsyncConnection, *, user_id: str, completed_only: bool) -> int:
@@ -481,12 +565,24 @@ def _count_statement(shape: _Shape) -> Select[Any]:
     return select(func.count()).select_from(task_table).where(*_filters(shape))
 
 
+# The user's latest change, read in the list's own statement: a client that follows the change
+# feed from it gets everything the list did not show, and nothing is missed between the two.
+_SYNC_TOKEN = func.coalesce(
+    select(_s.seq).where(_s.user_id == bindparam("user_id")).scalar_subquery(), 0
+).label("sync_token")
+
+
+@cache
+def _empty_page_statement(shape: _Shape) -> Select[Any]:
+    return select(_count_statement(shape).scalar_subquery().label("total"), _SYNC_TOKEN)
+
+
 @cache
 def _list_statement(shape: _Shape) -> Select[Any]:
     where = _filters(shape)
     order = _order(shape.sort)
     total = _count_statement(replace(shape, cursor=False)).scalar_subquery().label("total")
-    statement = select(*PUBLIC_COLUMNS, total).where(*where)
+    statement = select(*PUBLIC_COLUMNS, total, _SYNC_TOKEN).where(*where)
     if shape.cursor:
         after = [
             bindparam(f"after_{n}", type_=expression.type)
@@ -510,6 +606,7 @@ class Page:
     tasks: list[TaskRecord]
     total: int
     cursor: str | None  # the next page's, while there is one
+    sync_token: str  # where the change feed takes over from this list
 
 
 async def list_tasks(conn: AsyncConnection, *, user_id: str, query: TaskQuery) -> Page:
@@ -523,18 +620,17 @@ async def list_tasks(conn: AsyncConnection, *, user_id: str, query: TaskQuery) -
         params.update((f"after_{n}", value) for n, value in enumerate(after))
     rows = [dict(row) for row in (await conn.execute(_list_statement(shape), params)).mappings()]
     if rows:
-        total = rows[0]["total"]
+        total, token = rows[0]["total"], rows[0]["sync_token"]
         for row in rows:
-            del row["total"]
+            del row["total"], row["sync_token"]
     else:
-        total = (
-            await conn.execute(_count_statement(replace(shape, cursor=False)), params)
-        ).scalar_one()
+        statement = _empty_page_statement(replace(shape, cursor=False))
+        total, token = (await conn.execute(statement, params)).one()
     cursor = None
     if len(rows) > query.limit:
         del rows[query.limit :]
         cursor = _encode_cursor(_sort_values(query.sort, rows[-1]), _fingerprint(user_id, query))
-    return Page(tasks=rows, total=total, cursor=cursor)
+    return Page(tasks=rows, total=total, cursor=cursor, sync_token=str(token))
 
 
 def _fingerprint(user_id: str, query: TaskQuery) -> str:
@@ -603,3 +699,92 @@ def _cursor_value(kind: str, value: Any) -> Any:
         raise ValueError("not a time with an offset")
     when.astimezone(UTC)  # OverflowError beyond years 1..9999 in UTC
     return when
+
+
+# --- the change feed -----------------------------------------------------------------------------
+
+# Deleted tasks are remembered this long; a sync token older than the deletions forgotten since
+# is expired, and its client starts over from a full list.
+TOMBSTONE_DAYS = 30
+_STATE = select(_s.seq, _s.purged_seq).where(_s.user_id == bindparam("user_id"))
+_CHANGED = select(*PUBLIC_COLUMNS, _t.change_seq.label("seq"), false().label("gone")).where(
+    _t.user_id == bindparam("user_id")
+)
+_SINCE = bindparam("since", type_=BigInteger())
+# Deleted tasks, in the same columns: only the id and the sequence number are filled in.
+_DELETED = select(
+    *(
+        _d.task_id.label("id") if column.name == "id" else sa_cast(null(), column.type)
+        for column in PUBLIC_COLUMNS
+    ),
+    _d.change_seq.label("seq"),
+    true().label("gone"),
+).where(_d.user_id == bindparam("user_id"), _d.change_seq > _SINCE)
+_LIMIT = bindparam("limit", type_=Integer())
+_EVERYTHING = _CHANGED.order_by(_t.change_seq).limit(_LIMIT)
+_CHANGES_SINCE = (
+    union_all(_CHANGED.where(_t.change_seq > _SINCE), _DELETED)
+    .order_by(literal_column("seq"))
+    .limit(_LIMIT)
+)
+
+
+@dataclass(frozen=True)
+class Changes:
+    # In change order: (sequence number, task id, the task as it is now or None if deleted).
+    items: list[tuple[int, int, TaskRecord | None]]
+    next: str  # the token to ask with next time
+    has_more: bool
+
+
+def parse_sync_token(token: str, *, field: str = "since") -> int:
+    if not (token.isascii() and token.isdigit() and len(token) <= 18):
+        raise ValidationFailed(f"{field}: is not a sync token this service made", field=field)
+    return int(token)
+
+
+async def current_sync_token(conn: AsyncConnection, *, user_id: str) -> str:
+    state = (await conn.execute(_STATE, {"user_id": user_id})).first()
+    return str(0 if state is None else state.seq)
+
+
+async def changes(conn: AsyncConnection, *, user_id: str, since: str | None, limit: int) -> Changes:
+    """What changed after `since` (everything there is, without it), in change order: at most
+    `limit`, and the token to go on from. Read in one snapshot, so that the sequence number the
+    next token names covers exactly what was read."""
+    after = None if since is None else parse_sync_token(since)
+    async with db.snapshot(conn):
+        state = (await conn.execute(_STATE, {"user_id": user_id})).first()
+        latest, purged = (0, 0) if state is None else (state.seq, state.purged_seq)
+        if after is not None and not purged <= after <= latest:
+            raise SyncTokenExpired()
+        params = {"user_id": user_id, "since": after, "limit": limit + 1}
+        statement = _EVERYTHING if after is None else _CHANGES_SINCE
+        rows = (await conn.execute(statement, params)).mappings().all()
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    items = [(row["seq"], row["id"], None if row["gone"] else _public(row)) for row in rows]
+    next_seq = rows[-1]["seq"] if has_more else latest
+    return Changes(items=items, next=str(next_seq), has_more=has_more)
+
+
+async def forget_deletions(conn: AsyncConnection, *, now: datetime) -> int:
+    """Drop the tombstones older than TOMBSTONE_DAYS, remembering for each user the newest one
+    dropped (a token older than it can no longer be served). Returns how many were dropped."""
+    cutoff = now - timedelta(days=TOMBSTONE_DAYS)
+    old = _d.deleted_at < cutoff
+    newest_dropped = (
+        select(func.max(_d.change_seq)).where(_d.user_id == _s.user_id, old).scalar_subquery()
+    )
+    async with db.transaction(conn):
+        await conn.execute(
+            update(sync_table)
+            .where(select(_d.task_id).where(_d.user_id == _s.user_id, old).exists())
+            .values(
+                purged_seq=case(
+                    (newest_dropped > _s.purged_seq, newest_dropped), else_=_s.purged_seq
+                )
+            )
+        )
+        result = await conn.execute(delete(tombstone_table).where(old))
+    return int(result.rowcount)
