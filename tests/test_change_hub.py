@@ -1,0 +1,159 @@
+"""The fan-out behind the event stream (services.events.ChangeHub), against real databases: who
+is woken by whose changes, PostgreSQL's notifications from any connection, the one listening
+connection coming back after it is killed, and polling behind a pooler with no session URL."""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from backend import db
+from backend.services.events import ChangeHub
+from tests.conftest import PostgresCluster, make_settings, running_app
+
+Auth = Callable[..., dict[str, str]]
+DEADLINE = 20.0  # seconds: loose, for a busy machine; the waits end as soon as it happens
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def create(http: httpx.AsyncClient, auth: Auth, user: str) -> Any:
+    response = await http.post(f"/api/{user}/tasks", json={"title": "t"}, headers=auth(user))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_sqlite_wakes_the_writer_s_user_only(sqlite_database_url: str, auth: Auth) -> None:
+    async with running_app(make_settings(sqlite_database_url)) as (app, http):
+        hub: ChangeHub = app.state.changes
+        assert hub.live
+        with hub.subscribe("alice") as alice, hub.subscribe("bob") as bob:
+            await create(http, auth, "bob")
+            assert bob.is_set()
+            assert not alice.is_set()
+            bob.clear()
+            task = await create(http, auth, "alice")
+            assert alice.is_set()
+            alice.clear()
+            # Every kind of write wakes, and a request that changes nothing need not.
+            for method, path, body in (
+                ("PATCH", f"/api/alice/tasks/{task['id']}", {"title": "x"}),
+                ("PUT", f"/api/alice/tasks/{task['id']}", {"title": "y"}),
+                ("PATCH", f"/api/alice/tasks/{task['id']}/complete", None),
+                ("DELETE", "/api/alice/tasks?status=completed", None),
+            ):
+                response = await http.request(method, path, json=body, headers=auth("alice"))
+                assert response.status_code == 200, response.text
+                assert alice.is_set(), (method, path)
+                alice.clear()
+            assert not bob.is_set()
+
+
+async def _insert_from_elsewhere(url: str, user: str) -> None:
+    """A change made by another process: a connection of its own, plain SQL."""
+    engine = db.make_engine(make_settings(url), for_requests=False)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO task (user_id, title, created_at, updated_at) "
+                    "VALUES (:user, 't', now(), now())"
+                ),
+                {"user": user},
+            )
+    finally:
+        await engine.dispose()
+
+
+async def test_postgresql_notifies_whichever_connection_wrote(
+    postgresql_database_url: str,
+) -> None:
+    hub = ChangeHub(make_settings(postgresql_database_url))
+    try:
+        with hub.subscribe("alice") as alice, hub.subscribe("bob") as bob:
+            await until(lambda: hub.live, "the listener")
+            alice.clear()
+            bob.clear()
+            await _insert_from_elsewhere(postgresql_database_url, "bob")
+            await until(bob.is_set, "bob's notification")
+            await _insert_from_elsewhere(postgresql_database_url, "alice")
+            await until(alice.is_set, "alice's notification")
+    finally:
+        await hub.aclose()
+
+
+async def test_one_listening_connection_however_many_subscribers(
+    postgresql_database_url: str, postgres: PostgresCluster
+) -> None:
+    settings = make_settings(postgresql_database_url)
+    hub = ChangeHub(settings)
+    admin = db.make_engine(make_settings(postgres.url("postgres")))
+    listening = text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+    try:
+        async with admin.connect() as conn:
+            before = (await conn.execute(listening)).scalar_one()
+            with hub.subscribe("a"), hub.subscribe("a"), hub.subscribe("b"), hub.subscribe("c"):
+                await until(lambda: hub.live, "the listener")
+                assert (await conn.execute(listening)).scalar_one() == before + 1
+    finally:
+        await hub.aclose()
+        await admin.dispose()
+
+
+async def test_the_listener_comes_back_after_its_connection_is_killed(
+    postgresql_database_url: str, postgres: PostgresCluster
+) -> None:
+    hub = ChangeHub(make_settings(postgresql_database_url))
+    admin = db.make_engine(make_settings(postgres.url("postgres")))
+    try:
+        with hub.subscribe("alice") as alice:
+            await until(lambda: hub.live, "the listener")
+            alice.clear()
+            async with admin.connect() as conn:
+                killed = await conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE query LIKE 'LISTEN%' AND datname = 'taskapi_test'"
+                    )
+                )
+                assert killed.scalars().all() == [True]
+            # Back again, it wakes everyone (a change may have been missed meanwhile) ...
+            await until(alice.is_set, "the wake-up after reconnecting")
+            await until(lambda: hub.live, "the listener to be back")
+            alice.clear()
+            # ... and notifications flow again.
+            await _insert_from_elsewhere(postgresql_database_url, "alice")
+            await until(alice.is_set, "a notification after reconnecting")
+    finally:
+        await hub.aclose()
+        await admin.dispose()
+
+
+@pytest.mark.parametrize("direct", [False, True])
+async def test_behind_a_pooler_it_listens_on_the_direct_url_or_polls(
+    pgbouncer_database_url: str, postgres: PostgresCluster, direct: bool
+) -> None:
+    direct_url = postgres.url("taskapi_pooled") if direct else None
+    hub = ChangeHub(make_settings(pgbouncer_database_url, database_direct_url=direct_url))
+    try:
+        with hub.subscribe("alice") as alice:
+            if not direct:
+                # No session to LISTEN on: nothing is started, and streams poll.
+                await asyncio.sleep(0)
+                assert not hub.live
+                return
+            await until(lambda: hub.live, "the listener on the direct URL")
+            alice.clear()
+            await _insert_from_elsewhere(pgbouncer_database_url, "alice")
+            await until(alice.is_set, "alice's notification")
+    finally:
+        await hub.aclose()
