@@ -594,3 +594,44 @@ async def test_cors_lets_a_browser_send_and_read_the_sync_headers(
             for name in response.headers["access-control-expose-headers"].split(",")
         }
         assert {"etag", "x-sync-token", "idempotent-replayed"} <= exposed
+
+
+async def test_the_service_purges_expired_keys_and_tombstones_by_itself(
+    client: httpx.AsyncClient, auth: Auth, settings: Settings
+) -> None:
+    from backend.main import create_app
+
+    task = await create(client, auth)
+    ok(await client.delete(f"{BASE}/{task['id']}", headers=auth("alice")))
+    long_ago = datetime.now(UTC) - timedelta(days=31)
+    engine = db.make_engine(settings)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(
+                key_table.insert().values(
+                    user_id="alice", key="old", request_hash="h", created_at=long_ago
+                )
+            )
+            await conn.execute(
+                text("UPDATE task_tombstone SET deleted_at = :when"), {"when": long_ago}
+            )
+        # The app's own lifespan, as a server runs it: housekeeping starts with it.
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            deadline = asyncio.get_running_loop().time() + 20
+            while True:
+                async with engine.connect() as conn:
+                    left = await conn.execute(
+                        text(
+                            "SELECT (SELECT count(*) FROM idempotency_key) "
+                            "+ (SELECT count(*) FROM task_tombstone)"
+                        )
+                    )
+                    if left.scalar_one() == 0:
+                        break
+                assert asyncio.get_running_loop().time() < deadline, "nothing was purged"
+                await asyncio.sleep(0.05)
+    finally:
+        await engine.dispose()
+    response = await client.get(f"{BASE}/changes", params={"since": "0"}, headers=auth("alice"))
+    assert_error(response, 410, "SYNC_TOKEN_EXPIRED")
