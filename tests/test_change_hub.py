@@ -109,6 +109,36 @@ async def test_one_listening_connection_however_many_subscribers(
         await admin.dispose()
 
 
+async def test_the_listening_connection_closes_when_no_stream_is_left(
+    postgresql_database_url: str, postgres: PostgresCluster
+) -> None:
+    hub = ChangeHub(make_settings(postgresql_database_url), linger_seconds=0.05)
+    admin = db.make_engine(make_settings(postgres.url("postgres")))
+    listening = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE query LIKE 'LISTEN%' AND datname = 'taskapi_test'"
+    )
+
+    async def listeners() -> int:
+        async with admin.connect() as conn:
+            count: int = (await conn.execute(listening)).scalar_one()
+            return count
+
+    try:
+        for _ in range(2):  # and it opens again for the next stream
+            with hub.subscribe("alice"):
+                await until(lambda: hub.live, "the listener")
+                assert await listeners() == 1
+            deadline = time.monotonic() + DEADLINE
+            while await listeners() != 0:
+                assert time.monotonic() < deadline, "the listener stayed open"
+                await asyncio.sleep(0.05)
+            assert not hub.live
+    finally:
+        await hub.aclose()
+        await admin.dispose()
+
+
 async def test_the_listener_comes_back_after_its_connection_is_killed(
     postgresql_database_url: str, postgres: PostgresCluster
 ) -> None:

@@ -566,6 +566,8 @@ async def test_events_refuse_a_bad_or_expired_token_before_streaming(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
     response = await client.get(f"{BASE}/events", headers={**auth("alice"), "Last-Event-ID": "abc"})
+    assert_validation(response, "Last-Event-ID")
+    response = await client.get(f"{BASE}/events", params={"since": "abc"}, headers=auth("alice"))
     assert_validation(response, "since")
     response = await client.get(f"{BASE}/events", headers={**auth("alice"), "Last-Event-ID": "5"})
     assert_error(response, 410, "SYNC_TOKEN_EXPIRED")

@@ -383,6 +383,8 @@ async def stream_events(
     database = request.app.state.db
     heartbeat: float = request.app.state.settings.sse_heartbeat_seconds
     token = last_event_id or since
+    if last_event_id is not None:
+        tasks.parse_sync_token(last_event_id, field="Last-Event-ID")
     async with database.connect() as conn:
         if token is None:
             token = await tasks.current_sync_token(conn, user_id=user_id)

@@ -5,7 +5,8 @@ event says only "this user changed something", so a burst of changes wakes a str
 nothing is queued per stream. What wakes it:
 - PostgreSQL: the database's `task_changes` notifications (see migration 0003), whichever
   process made the change. One connection per process LISTENs — on DATABASE_DIRECT_URL, since
-  a transaction-mode pooler cannot hold a LISTEN — started with the first stream. While it is
+  a transaction-mode pooler cannot hold a LISTEN — from the first stream until none has been
+  open for LINGER_SECONDS. While it is
   down (or behind a pooler with no direct URL), streams read the feed every POLL_SECONDS
   instead, and all of them once it is back.
 - SQLite: the writes of this process, which the routes report with `written`.
@@ -23,12 +24,17 @@ logger = logging.getLogger("backend.events")
 
 CHANNEL = "task_changes"
 POLL_SECONDS = 2.0
+# The listening connection is closed when no stream has been open for this long, so that an
+# idle Neon compute can still suspend; a stream that comes back soon finds it open.
+LINGER_SECONDS = 60.0
 _RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class ChangeHub:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, linger_seconds: float = LINGER_SECONDS) -> None:
         self._settings = settings
+        self._linger = linger_seconds
+        self._idle: asyncio.TimerHandle | None = None
         self._waiting: dict[str, set[asyncio.Event]] = {}
         self._database_notifies = not db.is_sqlite(db.normalize_url(settings.db_url))
         self._can_listen = db.can_listen(settings)
@@ -40,6 +46,9 @@ class ChangeHub:
     @contextmanager
     def subscribe(self, user_id: str) -> Iterator[asyncio.Event]:
         """An event set whenever `user_id` may have changed something; clear it before reading."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._can_listen and self._listener is None:
             self._listener = asyncio.create_task(self._listen(), name="task_changes listener")
         event = asyncio.Event()
@@ -52,6 +61,8 @@ class ChangeHub:
                 waiting.discard(event)
                 if not waiting:
                     del self._waiting[user_id]
+            if not self._waiting and self._listener is not None:
+                self._idle = asyncio.get_running_loop().call_later(self._linger, self._stop_idle)
 
     def notify(self, user_id: str) -> None:
         for event in self._waiting.get(user_id, ()):
@@ -89,7 +100,17 @@ class ChangeHub:
             self._failures += 1
             await asyncio.sleep(_RETRY_SECONDS[min(self._failures, len(_RETRY_SECONDS)) - 1])
 
+    def _stop_idle(self) -> None:
+        self._idle = None
+        if not self._waiting and self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+            self.live = False
+
     async def aclose(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._listener is not None:
             self._listener.cancel()
             with suppress(asyncio.CancelledError):
