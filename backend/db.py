@@ -76,6 +76,10 @@ _UNAVAILABLE_SQLSTATES = {
     "transaction mode, set DB_POOLER=transaction)",
     "57014": "a statement ran longer than DB_STATEMENT_TIMEOUT",
     "55P03": "a lock wait ran longer than DB_STATEMENT_TIMEOUT",
+    # Writes of one user lock rows first and their change counter last, so these should not
+    # happen; if one ever does, the request that lost may simply be sent again.
+    "40P01": "a deadlock with another transaction",
+    "40001": "a conflict with a concurrent transaction",
 }
 _UNAVAILABLE_CLASSES = {
     "08": "the connection to the database failed",

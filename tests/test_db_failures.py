@@ -163,6 +163,8 @@ def test_unavailable_sqlstates() -> None:
         asyncpg.LockNotAvailableError,  # 55P03: lock_timeout
         asyncpg.ConnectionFailureError,  # 08006
         asyncpg.ProtocolViolationError,  # 08P01: PgBouncer refusing a startup parameter
+        asyncpg.DeadlockDetectedError,  # 40P01: the victim may be sent again
+        asyncpg.SerializationError,  # 40001
     ]
     for error in unavailable:
         assert db.unavailable_reason(error("x")) is not None, error
