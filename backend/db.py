@@ -40,7 +40,7 @@ import socket
 import sqlite3
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -384,23 +384,28 @@ def _is_sqlite(conn: AsyncConnection) -> bool:
 
 @asynccontextmanager
 async def _transaction(conn: AsyncConnection, begin: str) -> AsyncIterator[None]:
-    if conn.info.get("in_transaction"):
+    # The flag lives on the connection (a service function inside another's transaction joins
+    # it). The dict is taken once: after a cancelled statement SQLAlchemy refuses to hand out
+    # `conn.info`, and that must not replace the cancellation on its way out.
+    info = conn.info
+    if info.get("in_transaction"):
         yield
         return
     await conn.exec_driver_sql(begin)
-    conn.info["in_transaction"] = True
+    info["in_transaction"] = True
     try:
         yield
     except BaseException:
-        conn.info["in_transaction"] = False
+        info["in_transaction"] = False
         try:
             await conn.exec_driver_sql("ROLLBACK")
         except Exception:
             # The connection is broken or busy (a cancelled statement): it must not go back to
             # the pool inside a transaction, since nothing resets it on return.
-            await conn.invalidate()
+            with suppress(Exception):
+                await conn.invalidate()
         raise
-    conn.info["in_transaction"] = False
+    info["in_transaction"] = False
     await conn.exec_driver_sql("COMMIT")
 
 

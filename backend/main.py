@@ -35,6 +35,9 @@ async def housekeeping(database: db.Database, *, every: float = HOUSEKEEPING_SEC
                 deletions = await task_service.forget_deletions(conn, now=now)
             logger.info("housekeeping: %d idempotency keys, %d tombstones dropped", keys, deletions)
         except Exception as exc:  # the database may be away: try again next time
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # shutting down: whatever the cancellation became on its way out
             logger.warning("housekeeping failed (%s); trying again later", type(exc).__name__)
         await asyncio.sleep(every)
 

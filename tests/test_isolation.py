@@ -284,15 +284,17 @@ async def test_user_id_with_url_special_characters(
 
     body = {"title": "t2", "description": "d", "completed": False}
     replaced = ok(await client.put(location, json=body, headers=headers))
-    assert replaced == {**task, **body, "updated_at": replaced["updated_at"]}
+    assert replaced == {**task, **body, "updated_at": replaced["updated_at"], "version": 2}
     patched = ok(await client.patch(location, json={"title": "t3"}, headers=headers))
-    assert patched == {**replaced, "title": "t3", "updated_at": patched["updated_at"]}
+    expected = {**replaced, "title": "t3", "version": 3}
+    assert patched == {**expected, "updated_at": patched["updated_at"]}
     completed = ok(await client.patch(f"{location}/complete", headers=headers))
     assert completed == {
         **patched,
         "completed": True,
         "updated_at": completed["updated_at"],
         "completed_at": completed["updated_at"],
+        "version": 4,
     }
     assert ok(await client.delete(location, headers=headers)) == completed
     assert_error(await client.get(location, headers=headers), 404, "TASK_NOT_FOUND")

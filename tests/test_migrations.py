@@ -23,7 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, select, text
 from sqlmodel import SQLModel
 
-import backend.models.task  # noqa: F401 - registers the table on the metadata
+import backend.models.sync  # noqa: F401 - registers the tables (and the task table) on the metadata
 from backend import db
 from backend.config import Settings
 from backend.main import create_app
@@ -31,6 +31,8 @@ from backend.services.tasks import task_table
 from tests.conftest import SECRET, PostgresCluster, app_client, make_settings
 
 INDEX = "ix_task_user_id_created_at_id"
+# Every table at head: the tasks, and what safe edits and sync keep (migration 0003).
+TABLES = ["alembic_version", "idempotency_key", "sync_state", "task", "task_tombstone"]
 
 
 def head_revision() -> str:
@@ -102,8 +104,9 @@ def schema_snapshot(conn: Connection) -> dict[str, Any]:
 async def test_empty_database_upgrades_to_head(fresh_settings: Settings) -> None:
     assert await inspect_db(fresh_settings, table_names) == []
     await db.migrate(fresh_settings)
-    assert await inspect_db(fresh_settings, table_names) == ["alembic_version", "task"]
+    assert await inspect_db(fresh_settings, table_names) == TABLES
     assert await inspect_db(fresh_settings, versions) == [head_revision()]
+    assert head_revision() == "0003"
 
 
 async def test_migrating_twice_is_a_no_op(fresh_settings: Settings) -> None:
@@ -138,19 +141,32 @@ async def test_migrated_schema_matches_the_models(fresh_settings: Settings) -> N
 async def test_list_indexes_exist(fresh_settings: Settings) -> None:
     await db.migrate(fresh_settings)
 
-    def indexes(conn: Connection) -> list[tuple[str | None, list[str | None], bool]]:
-        return sorted(
-            (i["name"], i["column_names"], bool(i["unique"]))
-            for i in inspect(conn).get_indexes("task")
-        )
+    def indexes(conn: Connection) -> dict[str, list[tuple[str | None, list[str | None], bool]]]:
+        inspector = inspect(conn)
+        return {
+            table: sorted(
+                (i["name"], i["column_names"], bool(i["unique"]))
+                for i in inspector.get_indexes(table)
+            )
+            for table in ("task", "task_tombstone", "idempotency_key")
+        }
 
-    assert await inspect_db(fresh_settings, indexes) == [
+    found = await inspect_db(fresh_settings, indexes)
+    assert found["task"] == [
+        ("ix_task_user_id_change_seq", ["user_id", "change_seq"], False),  # the change feed
         (INDEX, ["user_id", "created_at", "id"], False),
         ("ix_task_user_id_created_at_id_pending", ["user_id", "created_at", "id"], False),
         ("ix_task_user_id_due_at_id", ["user_id", "due_at", "id"], False),
         ("ix_task_user_id_due_at_pending", ["user_id", "due_at"], False),
         ("ix_task_user_id_remind_at", ["user_id", "remind_at"], False),
         ("ix_task_user_id_updated_at_id", ["user_id", "updated_at", "id"], False),
+    ]
+    assert found["task_tombstone"] == [
+        ("ix_task_tombstone_deleted_at", ["deleted_at"], False),  # forgetting old deletions
+        ("ix_task_tombstone_user_id_change_seq", ["user_id", "change_seq"], False),
+    ]
+    assert found["idempotency_key"] == [
+        ("ix_idempotency_key_created_at", ["created_at"], False),  # forgetting old keys
     ]
 
 
@@ -203,7 +219,7 @@ async def test_downgrade_to_base_and_upgrade_again(fresh_settings: Settings) -> 
     assert await inspect_db(fresh_settings, versions) == []
 
     await db.migrate(fresh_settings)
-    assert await inspect_db(fresh_settings, table_names) == ["alembic_version", "task"]
+    assert await inspect_db(fresh_settings, table_names) == TABLES
     assert await inspect_db(fresh_settings, versions) == [head_revision()]
     assert await inspect_db(fresh_settings, model_differences) == []
 
@@ -364,6 +380,98 @@ async def test_organise_migration_upgrades_a_database_with_tasks_and_downgrades(
     ]
     await db.migrate(fresh_settings)
     assert await inspect_db(fresh_settings, model_differences) == []
+
+
+async def test_sync_migration_numbers_existing_tasks_and_downgrades(
+    fresh_settings: Settings, auth: Callable[..., dict[str, str]]
+) -> None:
+    # A database as the organise release left it, with two users' tasks interleaved.
+    await _run_alembic(fresh_settings, "upgrade", "0002")
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    if fresh_settings.db_url.startswith("sqlite"):
+        now = now.replace(tzinfo=None)  # SQLite's DateTime stores naive UTC
+    insert_old = text(
+        "INSERT INTO task (user_id, title, completed, created_at, updated_at) "
+        "VALUES (:user_id, :title, false, :now, :now)"
+    )
+    owners = ["alice", "bob", "alice", "bob", "alice"]
+    engine = db.make_engine(fresh_settings, for_requests=False)
+    try:
+        async with engine.begin() as conn:
+            for n, user_id in enumerate(owners):
+                await conn.execute(insert_old, {"user_id": user_id, "title": f"t{n}", "now": now})
+    finally:
+        await engine.dispose()
+
+    await db.migrate(fresh_settings)
+    assert await inspect_db(fresh_settings, versions) == [head_revision()]
+
+    def numbering(conn: Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        tasks = conn.execute(text("SELECT user_id, version, change_seq FROM task ORDER BY id"))
+        states = conn.execute(
+            text("SELECT user_id, seq, purged_seq FROM sync_state ORDER BY user_id")
+        )
+        return [tuple(row) for row in tasks], [tuple(row) for row in states]
+
+    # Version 1 each, numbered per owner in id order; each owner's sequence at their last one.
+    assert await inspect_db(fresh_settings, numbering) == (
+        [("alice", 1, 1), ("bob", 1, 1), ("alice", 1, 2), ("bob", 1, 2), ("alice", 1, 3)],
+        [("alice", 3, 0), ("bob", 2, 0)],
+    )
+    async with app_client(fresh_settings) as http:
+        base = "/api/alice/tasks"
+        listed = await http.get(f"{base}?sort=title", headers=auth("alice"))
+        assert listed.headers["x-sync-token"] == "3"
+        alices = listed.json()
+        assert [(t["title"], t["version"]) for t in alices] == [("t0", 1), ("t2", 1), ("t4", 1)]
+        feed = (await http.get(f"{base}/changes", headers=auth("alice"))).json()
+        assert feed == {"changed": alices, "deleted": [], "next": "3", "has_more": False}
+        feed = (await http.get(f"{base}/changes?since=1", headers=auth("alice"))).json()
+        assert [t["title"] for t in feed["changed"]] == ["t2", "t4"]
+        # The triggers carry each owner's sequence on from the migrated numbers.
+        url = f"{base}/{alices[0]['id']}"
+        patched = await http.patch(url, json={"title": "t0 edited"}, headers=auth("alice"))
+        assert patched.json()["version"] == 2
+        deleted = await http.delete(f"{base}/{alices[1]['id']}", headers=auth("alice"))
+        assert deleted.status_code == 200, deleted.text
+        feed = (await http.get(f"{base}/changes?since=3", headers=auth("alice"))).json()
+        assert feed == {
+            "changed": [patched.json()],
+            "deleted": [alices[1]["id"]],
+            "next": "5",
+            "has_more": False,
+        }
+        bobs = await http.get("/api/bob/tasks", headers=auth("bob"))
+        assert bobs.headers["x-sync-token"] == "2"
+        # A user with no tasks before the migration gets a sequence of their own.
+        created = await http.post("/api/carol/tasks", json={"title": "c"}, headers=auth("carol"))
+        assert created.json()["version"] == 1
+        carols = await http.get("/api/carol/tasks", headers=auth("carol"))
+        assert carols.headers["x-sync-token"] == "1"
+
+    await _run_alembic(fresh_settings, "downgrade", "0002")
+
+    def columns(conn: Connection) -> list[str]:
+        return [c["name"] for c in inspect(conn).get_columns("task")]
+
+    assert await inspect_db(fresh_settings, table_names) == ["alembic_version", "task"]
+    assert {"version", "change_seq"}.isdisjoint(await inspect_db(fresh_settings, columns))
+    # The triggers went too: tasks are written at 0002 as they were.
+    engine = db.make_engine(fresh_settings, for_requests=False)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert_old, {"user_id": "bob", "title": "at 0002", "now": now})
+            await conn.execute(text("UPDATE task SET title = 'renamed' WHERE title = 't1'"))
+            await conn.execute(text("DELETE FROM task WHERE title = 't3'"))
+    finally:
+        await engine.dispose()
+    await db.migrate(fresh_settings)
+    assert await inspect_db(fresh_settings, model_differences) == []
+    # Upgraded again, the tasks left are numbered afresh, per owner in id order.
+    assert await inspect_db(fresh_settings, numbering) == (
+        [("alice", 1, 1), ("bob", 1, 1), ("alice", 1, 2), ("carol", 1, 1), ("bob", 1, 2)],
+        [("alice", 2, 0), ("bob", 2, 0), ("carol", 1, 0)],
+    )
 
 
 async def test_ids_are_never_reused_across_migrations(

@@ -1,4 +1,4 @@
-"""The OpenAPI document: /docs has an Authorize button and every error is documented."""
+"""The OpenAPI document: /docs has an Authorize button and every error (and 304) is documented."""
 
 import httpx
 
@@ -9,6 +9,7 @@ async def test_openapi_documents_auth_and_errors(client: httpx.AsyncClient) -> N
     spec = response.json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    precondition_ref = {"$ref": "#/components/schemas/PreconditionFailedBody"}
     operations = [
         (path, method, op)
         for path, item in spec["paths"].items()
@@ -19,6 +20,8 @@ async def test_openapi_documents_auth_and_errors(client: httpx.AsyncClient) -> N
         ("/api/{user_id}/tasks", "delete"),
         ("/api/{user_id}/tasks", "get"),
         ("/api/{user_id}/tasks", "post"),
+        ("/api/{user_id}/tasks/changes", "get"),
+        ("/api/{user_id}/tasks/events", "get"),
         ("/api/{user_id}/tasks/{task_id}", "delete"),
         ("/api/{user_id}/tasks/{task_id}", "get"),
         ("/api/{user_id}/tasks/{task_id}", "patch"),
@@ -35,6 +38,24 @@ async def test_openapi_documents_auth_and_errors(client: httpx.AsyncClient) -> N
             assert op["responses"]["404"]["content"]["application/json"]["schema"] == error_ref
         if method in ("post", "put", "patch"):
             assert {"400", "413", "415"} <= set(op["responses"]), (path, method)
+        # Conditional requests: a GET of a task may be 304, a write of one may be 412 (with
+        # the task as it is now); a sync token may be too old (410).
+        assert ("304" in op["responses"]) == ("{task_id}" in path and method == "get")
+        writes_a_task = "{task_id}" in path and method != "get"
+        assert ("412" in op["responses"]) == writes_a_task, (path, method)
+        if writes_a_task:
+            schema = op["responses"]["412"]["content"]["application/json"]["schema"]
+            assert schema == precondition_ref, (path, method)
+            headers = {p["name"] for p in op["parameters"] if p["in"] == "header"}
+            assert "If-Match" in headers, (path, method)
+        syncs = path.endswith(("/changes", "/events"))
+        assert ("410" in op["responses"]) == syncs, (path, method)
+        if syncs:
+            schema = op["responses"]["410"]["content"]["application/json"]["schema"]
+            assert schema == error_ref, (path, method)
+    precondition = spec["components"]["schemas"]["PreconditionFailedBody"]
+    assert precondition["properties"]["current"] == {"$ref": "#/components/schemas/TaskRead"}
+    assert {"detail", "code", "current"} <= set(precondition["required"])
     assert "HTTPValidationError" not in spec["components"]["schemas"]
 
 

@@ -145,6 +145,7 @@ async def test_completing_creates_the_next_occurrence_once(
     done = assert_json(await client.request(method, url, json=body, headers=auth("alice")))
     assert done["completed"] is True
     assert done["completed_at"] == done["updated_at"]
+    assert done["version"] == 2
     tasks = await list_all(client, auth)
     assert len(tasks) == 2
     (nxt,) = [t for t in tasks if t["id"] != first["id"]]
@@ -158,6 +159,7 @@ async def test_completing_creates_the_next_occurrence_once(
         "remind_at": "2026-02-27T18:00:00Z",  # the same 15 hours before
         "created_at": nxt["created_at"],
         "updated_at": nxt["created_at"],
+        "version": 1,
     }
     # Repeating the completion, or toggling back and forth, never makes another.
     assert_json(await client.request(method, url, json=body, headers=auth("alice")))

@@ -637,3 +637,36 @@ async def test_the_service_purges_expired_keys_and_tombstones_by_itself(
         await engine.dispose()
     response = await client.get(f"{BASE}/changes", params={"since": "0"}, headers=auth("alice"))
     assert_error(response, 410, "SYNC_TOKEN_EXPIRED")
+
+
+async def test_shutdown_cancels_housekeeping_even_in_the_middle_of_a_statement(
+    postgresql_database_url: str,
+) -> None:
+    """Cancelled inside a transaction whose statement waits for a lock, housekeeping ends at
+    once: the cancellation is not turned into an error it would log and sleep an hour on."""
+    from backend.main import create_app
+    from tests.conftest import make_settings
+
+    settings = make_settings(postgresql_database_url)
+    blocker = db.make_engine(settings, for_requests=False)
+    try:
+        async with blocker.connect() as conn:
+            await conn.execute(text("LOCK TABLE sync_state IN ACCESS EXCLUSIVE MODE"))
+            app = create_app(settings)
+            # Bounded: a shutdown that hangs fails the test instead of the whole run.
+            async with asyncio.timeout(60), app.router.lifespan_context(app):
+                waiting = text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE sync_state%'"
+                )
+                deadline = asyncio.get_running_loop().time() + 20
+                while True:  # a transaction of its own each time: pg_stat_activity is a snapshot
+                    async with blocker.connect() as watcher:
+                        if (await watcher.execute(waiting)).scalar_one():
+                            break
+                    assert asyncio.get_running_loop().time() < deadline, "it never waited"
+                    await asyncio.sleep(0.05)
+            # Leaving the lifespan cancelled it; had that been swallowed, we would still wait.
+            await conn.rollback()
+    finally:
+        await blocker.dispose()

@@ -14,7 +14,7 @@ from backend.services.tasks import PUBLIC_COLUMNS, task_table
 from tests.test_tasks_api import assert_json, assert_validation, create, fetch, list_all
 
 Auth = Callable[..., dict[str, str]]
-READ_ONLY = {"id", "user_id", "created_at", "updated_at", "completed_at"}
+READ_ONLY = {"id", "user_id", "created_at", "updated_at", "completed_at", "version"}
 DUE = "2026-12-01T09:00:00Z"
 ORGANISED = {
     "title": "Pay rent",
@@ -56,6 +56,7 @@ async def test_create_with_every_field(client: httpx.AsyncClient, auth: Auth) ->
         "completed_at": None,
         "created_at": task["created_at"],
         "updated_at": task["created_at"],
+        "version": 1,
         **ORGANISED,
     }
     assert await fetch(client, auth, task["id"]) == task
@@ -231,7 +232,8 @@ async def test_each_field_changes_alone(client: httpx.AsyncClient, auth: Auth) -
     expected = existing
     for change in changes:
         task = assert_json(await client.patch(url, json=change, headers=auth("alice")))
-        expected = {**expected, **change, "updated_at": task["updated_at"]}
+        version = expected["version"] + 1
+        expected = {**expected, **change, "updated_at": task["updated_at"], "version": version}
         assert task == expected, change
         assert task["updated_at"] > existing["updated_at"]
     assert await fetch(client, auth, existing["id"]) == expected

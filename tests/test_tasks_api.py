@@ -34,6 +34,7 @@ TASK_KEYS = {
     "remind_at",
     "recurrence",
     "completed_at",
+    "version",
 }
 JSON = {"content-type": "application/json"}
 # Long enough for two datetime.now() readings to differ on any clock the tests run on.
@@ -241,7 +242,9 @@ async def test_create_defaults(client: httpx.AsyncClient, auth: Auth) -> None:
         "remind_at": None,
         "recurrence": None,
         "completed_at": None,
+        "version": 1,
     }
+    assert response.headers["etag"] == '"1"'
     assert before <= parse_time(task["created_at"]) <= after
     assert await fetch(client, auth, task["id"]) == task
     assert await list_all(client, auth) == [task]
@@ -265,6 +268,7 @@ async def test_create_with_every_original_field(client: httpx.AsyncClient, auth:
         "remind_at": None,
         "recurrence": None,
         "completed_at": task["created_at"],  # completed when created
+        "version": 1,
     }
     parse_time(task["created_at"])
 
@@ -278,11 +282,13 @@ async def test_create_ignores_unknown_and_read_only_fields(
         "user_id": "bob",
         "created_at": "2000-01-01T00:00:00Z",
         "updated_at": "2000-01-01T00:00:00Z",
+        "version": 7,
         "foo": "bar",
         "nested": {"a": [1, 2]},
     }
     task = await create(client, auth, body)
     assert task["id"] != 424242
+    assert task["version"] == 1
     assert task["user_id"] == "alice"
     assert task["created_at"] != "2000-01-01T00:00:00Z"
     assert task["updated_at"] == task["created_at"]
@@ -338,9 +344,11 @@ async def test_put_replaces_every_field(client: httpx.AsyncClient, auth: Auth) -
         "completed": True,
         "updated_at": task["updated_at"],
         "completed_at": task["updated_at"],
+        "version": 2,
     }
     assert parse_time(task["updated_at"]) > parse_time(created["updated_at"])
     assert "location" not in response.headers
+    assert response.headers["etag"] == '"2"'
     assert await fetch(client, auth, created["id"]) == task
 
 
@@ -358,6 +366,7 @@ async def test_put_description_may_be_null(client: httpx.AsyncClient, auth: Auth
         "completed": False,
         "updated_at": task["updated_at"],
         "completed_at": None,
+        "version": 2,
     }
     assert await fetch(client, auth, created["id"]) == task
 
@@ -422,7 +431,8 @@ async def test_put_keeps_every_field_left_out(
     )
     task = assert_json(response)
     completed_at = task["updated_at"] if changed.get("completed") else None
-    expected = {**created, "title": "new", **changed, "completed_at": completed_at}
+    assert created["version"] == 2
+    expected = {**created, "title": "new", **changed, "completed_at": completed_at, "version": 3}
     assert task == {**expected, "updated_at": task["updated_at"]}
     assert parse_time(task["updated_at"]) > parse_time(created["updated_at"])
     assert await fetch(client, auth, created["id"]) == task
@@ -437,7 +447,7 @@ async def test_put_of_a_form_that_drops_an_empty_description(
         f"/api/alice/tasks/{created['id']}", json={"title": "edited"}, headers=auth("alice")
     )
     task = assert_json(response)
-    assert task == {**created, "title": "edited", "updated_at": task["updated_at"]}
+    assert task == {**created, "title": "edited", "updated_at": task["updated_at"], "version": 2}
 
 
 async def test_put_null_completed_is_422(client: httpx.AsyncClient, auth: Auth) -> None:
@@ -463,13 +473,14 @@ async def test_put_ignores_read_only_and_unknown_fields(
         "user_id": "bob",
         "created_at": "2000-01-01T00:00:00Z",
         "updated_at": "2000-01-01T00:00:00Z",
+        "version": 1000,
         "foo": [1, 2, 3],
     }
     response = await client.put(
         f"/api/alice/tasks/{created['id']}", json=body, headers=auth("alice")
     )
     task = assert_json(response)
-    assert task == {**created, "title": "edited", "updated_at": task["updated_at"]}
+    assert task == {**created, "title": "edited", "updated_at": task["updated_at"], "version": 2}
     assert task["updated_at"] != "2000-01-01T00:00:00Z"
     assert await list_all(client, auth) == [task]
     assert await list_all(client, auth, "bob") == []
@@ -506,18 +517,19 @@ async def test_patch_changes_only_the_fields_sent(client: httpx.AsyncClient, aut
     await asyncio.sleep(TICK)
     url = f"/api/alice/tasks/{created['id']}"
     task = assert_json(await client.patch(url, json={"title": " new "}, headers=auth("alice")))
-    assert task == {**created, "title": "new", "updated_at": task["updated_at"]}
+    assert task == {**created, "title": "new", "updated_at": task["updated_at"], "version": 2}
     assert parse_time(task["updated_at"]) > parse_time(created["updated_at"])
 
     await asyncio.sleep(TICK)
     later = assert_json(await client.patch(url, json={"completed": False}, headers=auth("alice")))
-    expected = {**task, "completed": False, "completed_at": None}
+    expected = {**task, "completed": False, "completed_at": None, "version": 3}
     assert later == {**expected, "updated_at": later["updated_at"]}
     assert parse_time(later["updated_at"]) > parse_time(task["updated_at"])
 
     await asyncio.sleep(TICK)
     last = assert_json(await client.patch(url, json={"description": "e"}, headers=auth("alice")))
-    assert last == {**later, "description": "e", "updated_at": last["updated_at"]}
+    expected = {**later, "description": "e", "version": 4}
+    assert last == {**expected, "updated_at": last["updated_at"]}
     assert parse_time(last["updated_at"]) > parse_time(later["updated_at"])
     assert last["created_at"] == created["created_at"]
     assert await fetch(client, auth, created["id"]) == last
@@ -553,7 +565,12 @@ async def test_patch_description_null_clears_it(client: httpx.AsyncClient, auth:
         f"/api/alice/tasks/{created['id']}", json={"description": None}, headers=auth("alice")
     )
     task = assert_json(response)
-    assert task == {**created, "description": None, "updated_at": task["updated_at"]}
+    assert task == {
+        **created,
+        "description": None,
+        "updated_at": task["updated_at"],
+        "version": 2,
+    }
     assert parse_time(task["updated_at"]) > parse_time(created["updated_at"])
     assert await fetch(client, auth, created["id"]) == task
 
@@ -647,9 +664,11 @@ async def test_complete_toggles(
         "completed": True,
         "updated_at": on["updated_at"],
         "completed_at": on["updated_at"],
+        "version": 2,
     }
     assert parse_time(on["updated_at"]) > parse_time(created["updated_at"])
-    assert off == {**created, "completed": False, "updated_at": off["updated_at"]}
+    expected = {**created, "completed": False, "version": 3}
+    assert off == {**expected, "updated_at": off["updated_at"]}
     assert off["completed_at"] is None
     assert parse_time(off["updated_at"]) > parse_time(on["updated_at"])
     assert await fetch(client, auth, created["id"]) == off
@@ -669,6 +688,7 @@ async def test_complete_sets_idempotently(
         "completed": value,
         "updated_at": first["updated_at"],
         "completed_at": completed_at,
+        "version": 2,
     }
     assert parse_time(first["updated_at"]) > parse_time(created["updated_at"])
     await asyncio.sleep(TICK)
