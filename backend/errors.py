@@ -133,6 +133,13 @@ class MethodNotAllowed(AppError):
     code = "METHOD_NOT_ALLOWED"
     default_detail = "Method not allowed"
 
+    def __init__(self, detail: str | None = None, *, allow: str | None = None) -> None:
+        super().__init__(detail)
+        self.allow = allow  # the methods the resource has, when the raiser knows them
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.allow is None else {"Allow": self.allow}
+
 
 class SyncTokenExpired(AppError):
     status_code = 410
@@ -272,11 +279,16 @@ def _flat_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
+    # Of the routes whose path matches, the most specific ones (fewest parameters: `…/changes`
+    # is not a task whose id is "changes"), and only those the API documents.
+    matching: list[tuple[int, set[str]]] = []
     for route in _flat_routes(request.app.router.routes):
         match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
+        if match is not Match.NONE and getattr(route, "include_in_schema", True):
+            path = str(getattr(route, "path", ""))
+            matching.append((path.count("{"), set(getattr(route, "methods", None) or ())))
+    fewest = min((parameters for parameters, _ in matching), default=0)
+    methods = {m for parameters, found in matching if parameters == fewest for m in found}
     order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     return sorted(methods, key=lambda m: order.index(m) if m in order else len(order))
 

@@ -5,6 +5,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -96,6 +97,23 @@ class NoTrailingSlash:
         await self.app(scope, receive, send)
 
 
+def _without_null_parameters(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional query or header parameter is left out, never sent as null (a header or query
+    value is text): FastAPI documents `str | None` as "a string or null", so a client generator
+    or fuzzer would send the text "null". Such a parameter is documented as the string alone."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                choices = parameter.get("schema", {}).get("anyOf")
+                if not choices or {"type": "null"} not in choices:
+                    continue
+                others = [choice for choice in choices if choice != {"type": "null"}]
+                if len(others) == 1:
+                    rest = {k: v for k, v in parameter["schema"].items() if k != "anyOf"}
+                    parameter["schema"] = {**others[0], **rest}
+    return schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = with_development_secret(settings or Settings())
 
@@ -121,6 +139,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         redirect_slashes=False,
     )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _without_null_parameters(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.db = db.Database(settings)
     app.state.verifier = TokenVerifier(settings)

@@ -21,7 +21,7 @@ from pydantic import MISSING, BeforeValidator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.db import DatabaseUnavailable
-from backend.errors import AppError, MalformedJSON, UnsupportedMediaType
+from backend.errors import AppError, MalformedJSON, MethodNotAllowed, UnsupportedMediaType
 from backend.middleware.jwt_auth import CurrentUser, authenticate
 from backend.models.sync import IDEMPOTENCY_KEY_MAX
 from backend.schemas.error import ErrorBody, PreconditionFailedBody
@@ -308,6 +308,7 @@ SinceToken = Annotated[
     str | None,
     Query(
         max_length=100,
+        json_schema_extra={"pattern": "^[0-9]{1,18}$"},
         description="A sync token: a list's `X-Sync-Token`, or the `next` of the last page of "
         "changes. Left out: every task there is.",
     ),
@@ -364,7 +365,25 @@ def _event(seq: int, task_id: int, task: tasks.TaskRecord | None) -> bytes:
     response_class=StreamingResponse,
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {
+                "text/event-stream": {
+                    # Each event, as an SSE parser hands it over (OpenAPI before 3.2 has no
+                    # itemSchema: the schema of a stream describes one event).
+                    "schema": {
+                        "type": "object",
+                        "required": ["event", "data"],
+                        "properties": {
+                            "event": {"type": "string", "enum": ["changed", "deleted"]},
+                            "id": {"type": "string", "pattern": "^[0-9]+$"},
+                            "data": {
+                                "type": "string",
+                                "description": 'JSON: the task, or `{"id": …}` of a deleted one',
+                            },
+                            "retry": {"type": "integer"},
+                        },
+                    }
+                }
+            },
             "description": "The event stream",
         },
         410: _error("The token is too old to be served (SYNC_TOKEN_EXPIRED)"),
@@ -377,14 +396,22 @@ async def stream_events(
     since: SinceToken = None,
     last_event_id: Annotated[
         str | None,
-        Header(alias="Last-Event-ID", max_length=100, description="The last event's id"),
+        Header(
+            alias="Last-Event-ID",
+            max_length=100,
+            json_schema_extra={"pattern": "^[0-9]{1,18}$"},
+            description="The last event's id",
+        ),
     ] = None,
 ) -> StreamingResponse:
     database = request.app.state.db
     heartbeat: float = request.app.state.settings.sse_heartbeat_seconds
-    token = last_event_id or since
+    # Both are checked when both are sent; the header, which a reconnecting client sends, wins.
+    if since is not None:
+        tasks.parse_sync_token(since, field="since")
     if last_event_id is not None:
         tasks.parse_sync_token(last_event_id, field="Last-Event-ID")
+    token = last_event_id or since
     async with database.connect() as conn:
         if token is None:
             token = await tasks.current_sync_token(conn, user_id=user_id)
@@ -422,6 +449,21 @@ async def stream_events(
         events(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _get_only() -> None:
+    raise MethodNotAllowed(allow="GET")
+
+
+# Without these, PUT …/tasks/changes would be taken for an update of a task whose id is
+# "changes" (422); it is a method the resource does not have.
+for _name in ("changes", "events"):
+    router.add_api_route(
+        f"/{{user_id}}/tasks/{_name}",
+        _get_only,
+        methods=["POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
     )
 
 

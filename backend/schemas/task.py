@@ -39,6 +39,21 @@ from backend.models.task import (
 # Characters that show nothing on their own: white space of every kind and format characters
 # such as the zero-width space (U+200B) or the BOM. A title made only of these is empty.
 _INVISIBLE_CATEGORIES = {"Zs", "Zl", "Zp", "Cf"}
+# The same rules as JSON Schema patterns (ECMA and Python regex alike), so that the OpenAPI
+# document says exactly what is accepted: a line is trimmed of white space, and what is left
+# starts and ends with a visible character, holds no control character and is 1..limit long
+# (so the limit is in the pattern: a maxLength would count the white space trimmed off).
+_CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
+_SPACE = "\\t\\n\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_FORMAT = "\\u00ad\\u061c\\u180e\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u206f\\ufeff"
+_EDGE = f"[^{_CONTROL}{_SPACE}{_FORMAT}]"
+
+
+def line_pattern(limit: int) -> str:
+    return f"^[{_SPACE}]*({_EDGE}|{_EDGE}[^{_CONTROL}]{{0,{limit - 2}}}{_EDGE})[{_SPACE}]*$"
+
+
+TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
 
 
 def _storable(value: str) -> str:
@@ -124,20 +139,23 @@ Title = Annotated[
     StrictStr,
     AfterValidator(_clean_title),
     Field(
-        json_schema_extra={"minLength": 1, "maxLength": TITLE_MAX},
+        json_schema_extra={"pattern": line_pattern(TITLE_MAX)},
         description=f"1 to {TITLE_MAX} characters after trimming surrounding white space",
     ),
 ]
 Description = Annotated[
     StrictStr,
     AfterValidator(_clean_description),
-    Field(json_schema_extra={"maxLength": DESCRIPTION_MAX}),
+    Field(json_schema_extra={"maxLength": DESCRIPTION_MAX, "pattern": TEXT_PATTERN}),
 ]
 Tags = Annotated[
     list[StrictStr],
     AfterValidator(_clean_tags),
     Field(
-        json_schema_extra={"maxItems": TAGS_MAX, "items": {"minLength": 1, "maxLength": TAG_MAX}},
+        json_schema_extra={
+            "maxItems": TAGS_MAX,
+            "items": {"type": "string", "pattern": line_pattern(TAG_MAX)},
+        },
         description=f"at most {TAGS_MAX} tags of 1 to {TAG_MAX} characters; duplicates (in any "
         "case) are dropped, the order is kept",
     ),
