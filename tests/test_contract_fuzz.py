@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import SECRET, LiveServer
 
-EXAMPLES = 25
+EXAMPLES = 15
 SEED = 20261130
 
 # (method, path, statuses a schema-valid request may get from the server's state).
