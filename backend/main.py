@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.changes.aclose()
         await app.state.verifier.aclose()
         await app.state.db.dispose()
+        app.state.rate_limiter.close()
 
     app = FastAPI(
         title="Tasks API",

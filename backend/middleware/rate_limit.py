@@ -100,3 +100,10 @@ class RateLimiter:
         limit = self.item.amount
         reset = max(1, math.ceil(expires - time.time()))
         return Quota(limit, max(0, limit - count), reset, allowed=count <= limit)
+
+    def close(self) -> None:
+        """Close the connections to Redis (limits' storage has no close of its own)."""
+        client = getattr(getattr(self.shared, "bridge", None), "storage", None)
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
