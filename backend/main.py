@@ -155,6 +155,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "ETag",
                 "X-Sync-Token",
                 "Idempotent-Replayed",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
             ],
         )
     return app
