@@ -27,14 +27,16 @@ $(INTEROP)/node_modules/.installed: $(INTEROP)/package-lock.json
 
 interop: $(INTEROP)/node_modules/.installed
 
-# The servers the suite runs for real: PostgreSQL 15 and PgBouncer (Debian's packages), installed
+# The servers the suite runs for real: PostgreSQL 15, PgBouncer and Redis (Debian's packages), installed
 # when missing (as root, as on CI; elsewhere install them yourself or run with sudo).
 PG_INITDB := /usr/lib/postgresql/15/bin/initdb
 PGBOUNCER := /usr/sbin/pgbouncer
+REDIS_SERVER := /usr/bin/redis-server
 test-services:
 	@missing=""; \
 	[ -x $(PG_INITDB) ] || missing="$$missing postgresql-15"; \
 	[ -x $(PGBOUNCER) ] || missing="$$missing pgbouncer"; \
+	[ -x $(REDIS_SERVER) ] || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "# installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

@@ -76,6 +76,17 @@ class Settings(BaseSettings):
         default=None, description="a session (non-pooled) URL for migrations; default DATABASE_URL"
     )
     log_level: str = "INFO"
+    rate_limit: int = Field(
+        default=600, ge=0, description="requests a minute per user (429 beyond); 0: no limit"
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="memory:// (each process counts) or redis://host:port/db (rediss:// for "
+        "TLS): one budget shared by every worker and machine",
+    )
+    max_tasks_per_user: int = Field(
+        default=10_000, ge=1, le=2**31 - 1, description="tasks a user may have (409 beyond)"
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -105,6 +116,14 @@ class Settings(BaseSettings):
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http:// or https:// URL")
+        return value.strip()
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _rate_limit_storage(cls, value: str) -> str:
+        scheme = value.strip().partition("://")[0].lower()
+        if "://" not in value or scheme not in ("memory", "redis", "rediss"):
+            raise ValueError("must be memory://, redis://host:port/db or rediss://host:port/db")
         return value.strip()
 
     @field_validator("better_auth_secret")

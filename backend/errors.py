@@ -12,12 +12,14 @@
     ├── NotFound                   404 NOT_FOUND
     │   └── TaskNotFound               TASK_NOT_FOUND
     ├── MethodNotAllowed           405 METHOD_NOT_ALLOWED
+    ├── QuotaExceeded              409 QUOTA_EXCEEDED  (MAX_TASKS_PER_USER)
     ├── SyncTokenExpired           410 SYNC_TOKEN_EXPIRED
     ├── PreconditionFailed         412 PRECONDITION_FAILED (+ current, ETag)
     ├── PayloadTooLarge            413 PAYLOAD_TOO_LARGE
     ├── UnsupportedMediaType       415 UNSUPPORTED_MEDIA_TYPE
     ├── ValidationFailed           422 VALIDATION_ERROR (+ field)
     │   └── IdempotencyKeyReused       IDEMPOTENCY_KEY_REUSED
+    ├── RateLimited                429 RATE_LIMITED    (+ Retry-After, RateLimit-*)
     └── ServiceUnavailable         503 SERVICE_UNAVAILABLE (+ Retry-After)
 
 Body: {"detail": str, "code": str, "field"?: str, "errors"?: [{"field", "message"}]}, and for a
@@ -141,6 +143,17 @@ class MethodNotAllowed(AppError):
         return {} if self.allow is None else {"Allow": self.allow}
 
 
+class QuotaExceeded(AppError):
+    status_code = 409
+    code = "QUOTA_EXCEEDED"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"This user has {limit} tasks, the most allowed (MAX_TASKS_PER_USER): "
+            "delete some to create more"
+        )
+
+
 class SyncTokenExpired(AppError):
     status_code = 410
     code = "SYNC_TOKEN_EXPIRED"
@@ -197,6 +210,26 @@ class IdempotencyKeyReused(ValidationFailed):
 
     def __init__(self) -> None:
         super().__init__(field="Idempotency-Key")
+
+
+class RateLimited(AppError):
+    status_code = 429
+    code = "RATE_LIMITED"
+
+    def __init__(self, *, limit: int, retry_after: int) -> None:
+        super().__init__(
+            f"More than {limit} requests a minute (RATE_LIMIT): retry in {retry_after} s"
+        )
+        self.limit = limit
+        self.retry_after = retry_after  # seconds until the window closes, at least 1
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Retry-After": str(self.retry_after),
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(self.retry_after),
+        }
 
 
 class ServiceUnavailable(AppError):

@@ -14,6 +14,7 @@ from backend import db
 from backend.config import Settings, with_development_secret
 from backend.errors import Cors, PayloadTooLarge, UnexpectedErrors, install_error_handlers
 from backend.middleware.jwt_auth import TokenVerifier
+from backend.middleware.rate_limit import RateLimiter
 from backend.routes import tasks
 from backend.services import idempotency
 from backend.services import tasks as task_service
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.changes.aclose()
         await app.state.verifier.aclose()
         await app.state.db.dispose()
+        app.state.rate_limiter.close()
 
     app = FastAPI(
         title="Tasks API",
@@ -150,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db = db.Database(settings)
     app.state.verifier = TokenVerifier(settings)
     app.state.changes = ChangeHub(settings)
+    app.state.rate_limiter = RateLimiter(settings)
     install_error_handlers(app)
     app.include_router(tasks.router)
     # Listed innermost first: CORS wraps everything the app answers, errors included.
@@ -177,6 +180,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "ETag",
                 "X-Sync-Token",
                 "Idempotent-Replayed",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
             ],
         )
     return app

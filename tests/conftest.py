@@ -413,6 +413,7 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.
         await app.state.changes.aclose()
         await app.state.verifier.aclose()
         await app.state.db.dispose()
+        app.state.rate_limiter.close()
 
 
 @asynccontextmanager
@@ -452,6 +453,9 @@ def live_server(
         "BETTER_AUTH_SECRET": SECRET,
         "MIGRATE_ON_START": "false",
         "DATA_DIR": str(tmp_path),
+        # Its modules send hundreds of requests a minute as one user; the rate limit has tests
+        # of its own (test_limits*.py).
+        "RATE_LIMIT": "0",
     }
     log = (tmp_path / "server.log").open("wb")
     process = subprocess.Popen(
@@ -489,6 +493,54 @@ def live_server(
         with httpx.Client() as http:
             http.post(f"http://127.0.0.1:{port}/", timeout=30)  # warm: first request imports lazily
         yield LiveServer(base_url=f"http://127.0.0.1:{port}", process=process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+# --- Redis, for the rate limit shared by workers ------------------------------------------------
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+@dataclass
+class RedisServer:
+    url: str  # redis://127.0.0.1:port/0, as RATE_LIMIT_STORAGE takes it
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A throwaway redis-server (Debian's; `make test-services` installs it) on a free loopback
+    port, keeping nothing on disk: a child of the test session, stopped at its end."""
+    binary = shutil.which("redis-server") or REDIS_SERVER
+    if not Path(binary).exists():
+        _unavailable("redis-server", FileNotFoundError(binary))
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+    command += ["no", "--daemonize", "no", "--dir", str(folder)]
+    log = (folder / "redis.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                _unavailable("redis-server", RuntimeError((folder / "redis.log").read_text()))
+            time.sleep(0.05)
+        yield RedisServer(f"redis://127.0.0.1:{port}/0", process)
     finally:
         process.terminate()
         try:

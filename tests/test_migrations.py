@@ -106,7 +106,7 @@ async def test_empty_database_upgrades_to_head(fresh_settings: Settings) -> None
     await db.migrate(fresh_settings)
     assert await inspect_db(fresh_settings, table_names) == TABLES
     assert await inspect_db(fresh_settings, versions) == [head_revision()]
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
 
 
 async def test_migrating_twice_is_a_no_op(fresh_settings: Settings) -> None:
@@ -506,3 +506,92 @@ async def test_ids_are_never_reused_across_migrations(
         assert deleted.status_code == 200
         second = await http.post("/api/alice/tasks", json={"title": "next"}, headers=auth("alice"))
         assert second.json()["id"] == 5
+
+
+async def test_quota_migration_counts_existing_tasks_and_downgrades(
+    fresh_settings: Settings,
+) -> None:
+    # A database as the sync release left it: its triggers number the tasks written here.
+    await _run_alembic(fresh_settings, "upgrade", "0003")
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    if fresh_settings.db_url.startswith("sqlite"):
+        now = now.replace(tzinfo=None)  # SQLite's DateTime stores naive UTC
+    insert = text(
+        "INSERT INTO task (user_id, title, completed, created_at, updated_at) "
+        "VALUES (:user_id, :title, false, :now, :now)"
+    )
+
+    owners = ["alice", "bob", "alice", "alice", "carol"]
+    engine = db.make_engine(fresh_settings, for_requests=False)
+    try:
+        async with engine.begin() as conn:
+            for n, user_id in enumerate(owners):
+                await conn.execute(insert, {"user_id": user_id, "title": f"t{n}", "now": now})
+            # carol had a task and has none now
+            await conn.execute(text("DELETE FROM task WHERE user_id = 'carol'"))
+    finally:
+        await engine.dispose()
+
+    await db.migrate(fresh_settings)
+    assert await inspect_db(fresh_settings, versions) == [head_revision()] == ["0004"]
+
+    def counts(conn: Connection) -> list[tuple[Any, ...]]:
+        query = text("SELECT user_id, seq, task_count FROM sync_state ORDER BY user_id")
+        return [tuple(row) for row in conn.execute(query)]
+
+    assert await inspect_db(fresh_settings, counts) == [
+        ("alice", 3, 3),
+        ("bob", 1, 1),
+        ("carol", 2, 0),
+    ]
+    # From here on the triggers keep the count: +1 an insert (a new user too), -1 a delete,
+    # nothing an update.
+    engine = db.make_engine(fresh_settings, for_requests=False)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert, {"user_id": "dave", "title": "d", "now": now})
+            await conn.execute(insert, {"user_id": "bob", "title": "b", "now": now})
+            await conn.execute(text("DELETE FROM task WHERE title = 't0'"))
+            await conn.execute(text("UPDATE task SET version = 2 WHERE title = 't2'"))
+    finally:
+        await engine.dispose()
+    assert await inspect_db(fresh_settings, counts) == [
+        ("alice", 5, 2),
+        ("bob", 2, 2),
+        ("carol", 2, 0),
+        ("dave", 1, 1),
+    ]
+    assert await inspect_db(fresh_settings, model_differences) == []
+
+    await _run_alembic(fresh_settings, "downgrade", "0003")
+
+    def columns(conn: Connection) -> list[str]:
+        return [c["name"] for c in inspect(conn).get_columns("sync_state")]
+
+    assert await inspect_db(fresh_settings, columns) == ["user_id", "seq", "purged_seq"]
+    # The 0003 triggers are back, and still number changes.
+    engine = db.make_engine(fresh_settings, for_requests=False)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert, {"user_id": "bob", "title": "at 0003", "now": now})
+            await conn.execute(text("DELETE FROM task WHERE title = 't2'"))
+    finally:
+        await engine.dispose()
+
+    def sequences(conn: Connection) -> list[tuple[Any, ...]]:
+        query = text("SELECT user_id, seq FROM sync_state ORDER BY user_id")
+        return [tuple(row) for row in conn.execute(query)]
+
+    assert await inspect_db(fresh_settings, sequences) == [
+        ("alice", 6),
+        ("bob", 3),
+        ("carol", 2),
+        ("dave", 1),
+    ]
+    await db.migrate(fresh_settings)
+    assert await inspect_db(fresh_settings, counts) == [
+        ("alice", 6, 1),
+        ("bob", 3, 3),
+        ("carol", 2, 0),
+        ("dave", 1, 1),
+    ]

@@ -23,7 +23,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import LiveServer, database_kinds
+from backend.config import Settings
+from tests.conftest import LiveServer, database_kinds, make_settings
 from tests.test_live_races import (
     TIMEOUT,
     Auth,
@@ -40,6 +41,13 @@ DEADLINE = 30.0  # seconds a stream gets to deliver what a test waits for: loose
 # A stream is quiet between changes (15 s until a heartbeat by default): no read timeout.
 STREAM_TIMEOUT = httpx.Timeout(30.0, read=None)
 OPERATIONS = 500
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    # A simulated client sends hundreds of requests a minute as one user: no rate limit here
+    # (it has tests of its own, test_limits*.py).
+    return make_settings(database_url, rate_limit=0)
 
 
 # --- client B: the writer -------------------------------------------------------------------------
@@ -516,7 +524,9 @@ def two_workers(
         pytest.skip("needs PostgreSQL, which TEST_DATABASES does not select")
     database_url = str(request.getfixturevalue("postgresql_database_url"))
     folder = tmp_path_factory.mktemp("workers")
-    with taskapi_serve(database_url, folder, workers=2, SSE_HEARTBEAT_SECONDS="300") as server:
+    with taskapi_serve(
+        database_url, folder, workers=2, SSE_HEARTBEAT_SECONDS="300", RATE_LIMIT="0"
+    ) as server:
         yield server
 
 

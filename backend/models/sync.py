@@ -21,13 +21,15 @@ IDEMPOTENCY_KEY_MAX = 255
 
 class SyncState(SQLModel, table=True):
     """A user's change sequence: `seq` is the number of their latest change, `purged_seq` the
-    newest tombstone forgotten (a sync token older than it is expired)."""
+    newest tombstone forgotten (a sync token older than it is expired); and `task_count`."""
 
     __tablename__ = "sync_state"
 
     user_id: str = Field(sa_column=Column(String(USER_ID_MAX), primary_key=True))
     seq: int = Field(sa_column=Column(BigInteger, nullable=False, server_default=text("0")))
     purged_seq: int = Field(sa_column=Column(BigInteger, nullable=False, server_default=text("0")))
+    # How many tasks the user has (kept by the same triggers, migration 0004): the quota.
+    task_count: int = Field(sa_column=Column(BigInteger, nullable=False, server_default=text("0")))
 
 
 class TaskTombstone(SQLModel, table=True):

@@ -21,8 +21,15 @@ from pydantic import MISSING, BeforeValidator
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.db import DatabaseUnavailable
-from backend.errors import AppError, MalformedJSON, MethodNotAllowed, UnsupportedMediaType
+from backend.errors import (
+    AppError,
+    MalformedJSON,
+    MethodNotAllowed,
+    RateLimited,
+    UnsupportedMediaType,
+)
 from backend.middleware.jwt_auth import CurrentUser, authenticate
+from backend.middleware.rate_limit import RateLimiter
 from backend.models.sync import IDEMPOTENCY_KEY_MAX
 from backend.schemas.error import ErrorBody, PreconditionFailedBody
 from backend.schemas.task import (
@@ -55,14 +62,19 @@ def _is_json(content_type: str | None) -> bool:
 
 class TaskRoute(APIRoute):
     """Runs the checks in the contract's order: authentication and the owner check first, then
-    the body (size, content type, JSON syntax), and only then FastAPI's own validation."""
+    the user's rate limit (RateLimit-* headers on the answer), then the body (size, content
+    type, JSON syntax), and only then FastAPI's own validation."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         reads_body = self.body_field is not None
 
         async def app(request: Request) -> Response:
-            await authenticate(request)
+            user_id = await authenticate(request)
+            limiter: RateLimiter = request.app.state.rate_limiter
+            quota = await limiter.hit(user_id)
+            if quota is not None and not quota.allowed:
+                raise RateLimited(limit=quota.limit, retry_after=quota.reset)
             if reads_body and await request.body():
                 if not _is_json(request.headers.get("content-type")):
                     raise UnsupportedMediaType()
@@ -72,7 +84,10 @@ class TaskRoute(APIRoute):
                 # recursion limit (a 1 KB body of "[[[[…" must be a 400, not a 500).
                 except (ValueError, RecursionError):
                     raise MalformedJSON() from None
-            return await handler(request)
+            response = await handler(request)
+            if quota is not None:
+                response.headers.update(quota.headers())
+            return response
 
         return app
 
@@ -166,6 +181,20 @@ router = APIRouter(
         ),
         403: _error("The token's user is not the path's user (FORBIDDEN)"),
         422: _error("Invalid input; `field` names it (VALIDATION_ERROR)"),
+        429: {
+            "model": ErrorBody,
+            "description": "More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); "
+            "retry after Retry-After seconds",
+            "headers": {
+                name: {"description": description, "schema": {"type": "integer"}}
+                for name, description in (
+                    ("Retry-After", "Seconds until the user's window closes"),
+                    ("RateLimit-Limit", "Requests a minute allowed"),
+                    ("RateLimit-Remaining", "Requests left in this window: 0"),
+                    ("RateLimit-Reset", "Seconds until the window closes"),
+                )
+            },
+        },
     },
 )
 _NOT_FOUND: Responses = {404: _error("No such task for this user (TASK_NOT_FOUND)")}
@@ -485,6 +514,7 @@ for _name in ("changes", "events"):
                 },
             }
         },
+        409: _error("The user has MAX_TASKS_PER_USER tasks already (QUOTA_EXCEEDED)"),
         **_BODY_ERRORS,
     },
 )
@@ -500,7 +530,12 @@ async def create_task(
         conn,
         user_id,
         idempotency_key,
-        lambda: tasks.create_task(conn, user_id=user_id, data=data),
+        lambda: tasks.create_task(
+            conn,
+            user_id=user_id,
+            data=data,
+            max_tasks=request.app.state.settings.max_tasks_per_user,
+        ),
         status_code=201,
     )
 

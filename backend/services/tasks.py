@@ -32,6 +32,7 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Insert,
     Integer,
     Select,
     Table,
@@ -48,6 +49,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     true,
     union_all,
     update,
@@ -57,7 +59,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend import db
-from backend.errors import PreconditionFailed, SyncTokenExpired, TaskNotFound, ValidationFailed
+from backend.errors import (
+    PreconditionFailed,
+    QuotaExceeded,
+    SyncTokenExpired,
+    TaskNotFound,
+    ValidationFailed,
+)
 from backend.models.sync import SyncState, TaskTombstone
 from backend.models.task import PRIORITIES, Task, UTCDateTime
 from backend.schemas.task import TaskCreate, TaskQuery, TaskRead, TaskReplace, TaskUpdate
@@ -85,7 +93,10 @@ _TAG_SEPARATOR = "\x1f"  # a control character: no tag can hold it
 _AT_VERSION = _t.version.in_(bindparam("if_versions", expanding=True))
 
 _GET = select(*PUBLIC_COLUMNS).where(_owned)
-_CREATE = insert(task_table).returning(*PUBLIC_COLUMNS)
+# The same SQL on SQLite and PostgreSQL.
+_ENSURE_SYNC_STATE = text(
+    "INSERT INTO sync_state (user_id) VALUES (:user_id) ON CONFLICT (user_id) DO NOTHING"
+)
 _DELETE = delete(task_table).where(_owned).returning(*PUBLIC_COLUMNS)
 _DELETE_AT_VERSION = delete(task_table).where(_owned & _AT_VERSION).returning(*PUBLIC_COLUMNS)
 _TOGGLE_VALUES = {
@@ -185,7 +196,12 @@ async def get_task(conn: AsyncConnection, *, user_id: str, task_id: int) -> Task
     return _one(result.mappings().first())
 
 
-async def create_task(conn: AsyncConnection, *, user_id: str, data: TaskCreate) -> TaskRecord:
+async def create_task(
+    conn: AsyncConnection, *, user_id: str, data: TaskCreate, max_tasks: int
+) -> TaskRecord:
+    """A new task, unless the user has `max_tasks` already (QuotaExceeded). The next occurrence
+    of a recurring task is made without this check (completing a task must not fail), and
+    counts like any other."""
     now = _now()
     fields = data.model_dump()  # fields left out are MISSING: the table's defaults apply
     values = {**fields, **_derived(fields), "user_id": user_id, "created_at": now}
@@ -195,8 +211,35 @@ async def create_task(conn: AsyncConnection, *, user_id: str, data: TaskCreate) 
     if fields.get("recurrence") is not None:
         values["recurrence_anchor"] = fields["due_at"]
         values["recurrence_offset_minutes"] = _offset_minutes(fields["due_at"])
-    result = await conn.execute(_CREATE, values)
-    return _one(result.mappings().first())
+    statement = _create_statement(tuple(sorted(values)))
+    values["max_tasks"] = max_tasks
+    row = (await conn.execute(statement, values)).mappings().first()
+    if row is None:
+        # The user had max_tasks tasks, or has never had a task (no sync_state row to lock yet:
+        # make one, so that concurrent first creates queue on it too, and try once more).
+        await conn.execute(_ENSURE_SYNC_STATE, {"user_id": user_id})
+        row = (await conn.execute(statement, values)).mappings().first()
+        if row is None:
+            raise QuotaExceeded(max_tasks)
+    return _one(row)
+
+
+@cache
+def _create_statement(names: tuple[str, ...]) -> Insert:
+    """INSERT … SELECT of these columns that inserts nothing when the user has `max_tasks`
+    tasks: the count is read with their sync_state row locked (FOR UPDATE on PostgreSQL; SQLite
+    has one writer anyway), and the insert's trigger adds 1 before the lock is let go, so
+    concurrent creates, in any number of processes, see each other's tasks."""
+    count = (
+        select(_s.task_count)
+        .where(_s.user_id == bindparam("user_id", type_=_t.user_id.type))
+        .with_for_update()
+        .scalar_subquery()
+    )
+    row = select(*(bindparam(name, type_=_t[name].type) for name in names)).where(
+        count < bindparam("max_tasks", type_=Integer())
+    )
+    return insert(task_table).from_select(list(names), row).returning(*PUBLIC_COLUMNS)
 
 
 # --- updating and completing ---------------------------------------------------------------------
