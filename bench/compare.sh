@@ -14,6 +14,8 @@ SHARED="${SHARED:-$ROOT/../shared}"
 PY="$ROOT/.venv/bin/python"
 WHICH="${1:-both}"
 export ROUNDS="${ROUNDS:-3}" BENCH_PYTHON="$PY"
+# This checkout's code, whatever checkout the venv's editable install points at.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 SECRET="bench-secret-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export SECRET
 
