@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     database_direct_url: str | None = Field(
         default=None, description="a session (non-pooled) URL for migrations; default DATABASE_URL"
     )
+    http_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="seconds a request's line and headers may take to arrive, from their first "
+        "byte (or from the connection being opened), before 408 and the connection is closed",
+    )
     log_level: str = "INFO"
     rate_limit: int = Field(
         default=600, ge=0, description="requests a minute per user (429 beyond); 0: no limit"

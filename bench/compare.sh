@@ -14,6 +14,8 @@ SHARED="${SHARED:-$ROOT/../shared}"
 PY="$ROOT/.venv/bin/python"
 WHICH="${1:-both}"
 export ROUNDS="${ROUNDS:-3}" BENCH_PYTHON="$PY"
+# This checkout's code, whatever checkout the venv's editable install points at.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 SECRET="bench-secret-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export SECRET
 
@@ -61,10 +63,10 @@ run_one() {  # run_one KIND DATABASE_URL
   sport="$(free_port)"; lport="$(free_port)"
   echo "## $kind"
   DATABASE_URL="$url" BETTER_AUTH_SECRET="$SECRET" DATA_DIR="$WORK" "$ROOT/.venv/bin/taskapi" migrate 2>/dev/null
-  # The service as `taskapi serve` runs it (uvloop + httptools), without the access log, like the limit.
+  # The service as it ships: `taskapi serve` (uvloop, and the HTTP protocol it configures), one
+  # process; LOG_LEVEL=warning keeps the per-request log lines out, like the limit's.
   DATABASE_URL="$url" BETTER_AUTH_SECRET="$SECRET" DATA_DIR="$WORK" MIGRATE_ON_START=false \
-    "$PY" -m uvicorn backend.main:app --host 127.0.0.1 --port "$sport" --loop uvloop \
-    --http httptools --no-access-log --log-level warning &
+    LOG_LEVEL=warning "$ROOT/.venv/bin/taskapi" serve --host 127.0.0.1 --port "$sport" &
   PIDS+=($!)
   (cd "$SHARED/bench" && JWT_SECRET="$SECRET" exec "$PY" -m uvicorn limit_app:app --host 127.0.0.1 \
     --port "$lport" --loop uvloop --http httptools --no-access-log --log-level warning) &

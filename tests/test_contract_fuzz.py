@@ -6,8 +6,9 @@ and body. A fixed seed makes a run repeatable; examples and time are bounded.
 Some answers depend on the server's state rather than on the request's shape, so a request the
 schema calls valid may still be refused, as documented: a stale or foreign If-Match (412), a
 sync token beyond the user's changes (410), a cursor that is not one of ours, an
-Idempotency-Key used for another request, or a recurrence for a task with no due date (422). Those operations list those statuses as
-expected for valid data; every other check runs as schemathesis ships it.
+Idempotency-Key used for another request, or a recurrence for a task with no due date (422).
+Those operations list those statuses as expected for valid data; every other check runs as
+schemathesis ships it.
 """
 
 import re

@@ -1,0 +1,127 @@
+"""The HTTP server `taskapi serve` runs: uvicorn's httptools protocol with bounds on what a
+client may send before the application sees a request.
+
+uvicorn bounds neither the size of a request head (request line + headers) on httptools, nor
+the time it may take to arrive (`h11_max_incomplete_event_size` applies to h11 only, and
+`timeout_keep_alive` only to the wait *between* requests). Without them one 50 MB header was
+read whole, at the event loop's expense (other requests stalled 1.8 s), before a 401; and
+connections trickling unfinished heads held memory for as long as they liked.
+
+- A head larger than MAX_HEAD_BYTES is answered 431 and the connection closed as soon as the
+  limit is passed: bytes are counted as they are handed to the parser, so no more than the
+  limit (plus nothing) is ever parsed or kept.
+- A head must be complete within `HTTP_HEADER_TIMEOUT` seconds of its first byte (or of the
+  connection being opened): otherwise 408 and the connection is closed. A connection idle
+  between requests is not timed by this (uvicorn's keep-alive timeout is), nor is a request
+  whose head has arrived (a slow body, a long event stream).
+"""
+
+import asyncio
+import functools
+from typing import Any, cast
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+# Request line + headers. Browsers' heads are a few KiB (cookies up to ~8 KiB); a bearer token
+# from a JWKS-backed auth is 1-2 KiB. nginx's default large_client_header_buffers is 4 x 8 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """httptools' protocol, refusing request heads that are too large or too slow."""
+
+    def __init__(self, *args: Any, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_timeout = head_timeout
+        # Bytes of the current request's head fed to the parser so far; None while no head is
+        # being read (the head is complete and the body or the response is under way).
+        self.head_bytes: int | None = 0
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.heads_completed = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(cast(asyncio.Transport, transport))
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.head_bytes is None or self.parser is None:
+            super().data_received(data)
+            return
+        room = MAX_HEAD_BYTES - self.head_bytes
+        if len(data) <= room:  # the usual case: the whole read fits in what the head may take
+            self.head_bytes += len(data)
+            super().data_received(data)
+            return
+        # Feed no more than the head may still take; if the head ends within that, the rest (a
+        # body, a pipelined request) goes on as usual, else the head is too large.
+        heads = self.heads_completed
+        self.head_bytes += room
+        super().data_received(data[:room])
+        if self.transport.is_closing():
+            return
+        if self.heads_completed == heads:
+            self._refuse(431, "HEADERS_TOO_LARGE", "The request line and headers are too large")
+        else:
+            self.data_received(data[room:])
+
+    def on_message_begin(self) -> None:
+        # The first byte of a request: its head is timed from here (a new connection's first
+        # request from when the connection was made).
+        if self.head_bytes is None:  # a pipelined request starting within the same read
+            self.head_bytes = 0
+        if self.head_timer is None:
+            self._arm_head_timer()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self.head_bytes = None
+        self.heads_completed += 1
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.head_bytes = 0  # the next byte on this connection starts the next request's head
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self.head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.head_bytes is not None and not self.transport.is_closing():
+            self._refuse(408, "REQUEST_TIMEOUT", "The request headers did not arrive in time")
+
+    def _refuse(self, status: int, code: str, detail: str) -> None:
+        """Answer and close, unless a response to an earlier (pipelined) request is still
+        being written: then only close, as an answer would be mixed into that one."""
+        self._cancel_head_timer()
+        self.head_bytes = None
+        if self.cycle is None or self.cycle.response_complete:
+            body = orjson.dumps({"detail": detail, "code": code})
+            head = [STATUS_LINE[status]]
+            for name, value in self.server_state.default_headers:
+                head += [name, b": ", value, b"\r\n"]
+            head.append(
+                b"content-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            )
+            self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
+def http_protocol(head_timeout: float) -> type[asyncio.Protocol]:
+    """What to pass uvicorn as `http=`: a protocol factory carrying the settings (uvicorn calls
+    it like a class; a partial of a module-level class is picklable, so spawned workers get it)."""
+    factory = functools.partial(BoundedHttpToolsProtocol, head_timeout=head_timeout)
+    return cast(type[asyncio.Protocol], factory)
