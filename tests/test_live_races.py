@@ -93,6 +93,8 @@ def taskapi_serve(
                 "DATA_DIR": str(folder),
                 "DB_POOLER": "transaction" if database_url in POOLED_URLS else "none",
                 "LOG_LEVEL": "INFO",  # the start-up lines below are INFO
+                # This checkout's code, whichever checkout the venv was installed from.
+                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
                 **env,
             },
             cwd=folder,  # no .env here
