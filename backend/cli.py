@@ -2,7 +2,7 @@
 
 import argparse
 import asyncio
-import logging
+import logging.config
 import os
 import re
 import signal
@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from backend import db, server
 from backend.config import Settings, with_development_secret
+from backend.logs import logging_config
 
 _TTL = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -67,6 +68,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
         http=server.http_protocol(head_timeout=settings.http_header_timeout),
         proxy_headers=args.proxy_headers,
         log_level=settings.log_level.lower(),
+        # Each worker configures logging as this process did; our access line (route
+        # templates, request ids) replaces uvicorn's, which prints raw paths.
+        log_config=logging_config(settings),
+        access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
@@ -85,6 +90,12 @@ def _token(settings: Settings, args: argparse.Namespace) -> None:
     if settings.jwt_audience:
         claims["aud"] = settings.jwt_audience
     print(jwt.encode(claims, settings.hs256_secret, algorithm="HS256"))
+
+
+def _problem(loc: tuple[int | str, ...], message: str) -> str:
+    if not loc:  # a rule about several settings (ENV=production) names them itself
+        return message.removeprefix("Value error, ")
+    return f"{'.'.join(map(str, loc)).upper()}: {message}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,13 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
         sys.exit(f"taskapi: invalid configuration: {problems}")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.config.dictConfig(logging_config(settings))
     if args.command == "serve":
         _serve(settings, args)
     elif args.command == "migrate":

@@ -23,6 +23,7 @@ logger = logging.getLogger("backend.config")
 
 MIN_SECRET_BYTES = 32
 DEV_SECRET_FILE = "dev-secret"  # noqa: S105 - a file name, not a secret
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 class Settings(BaseSettings):
@@ -94,6 +95,13 @@ class Settings(BaseSettings):
     max_tasks_per_user: int = Field(
         default=10_000, ge=1, le=2**31 - 1, description="tasks a user may have (409 beyond)"
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text lines, or one JSON object a line"
+    )
+    env: Literal["development", "production"] = Field(
+        default="development",
+        description="production: refuse to start with settings that are only safe locally",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -152,6 +160,29 @@ class Settings(BaseSettings):
         # completed here through object.__setattr__, before anyone else sees the instance.
         if self.database_url is None:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'tasks.db'}")
+        return self
+
+    @model_validator(mode="after")
+    def _safe_for_production(self) -> "Settings":
+        if self.env != "production":
+            return self
+        if self.better_auth_secret is None and self.jwks_url is None:
+            raise ValueError(
+                "ENV=production needs BETTER_AUTH_SECRET or BETTER_AUTH_URL (or JWT_JWKS_URL): "
+                "the development secret is for local use only"
+            )
+        if "*" in self.cors_origins:
+            raise ValueError(
+                "ENV=production refuses CORS_ORIGINS=*: credentials are allowed, so list the "
+                "frontend origins (e.g. https://app.example.com)"
+            )
+        if self.better_auth_url is not None:
+            parts = urlsplit(self.better_auth_url)
+            if parts.scheme != "https" and parts.hostname not in _LOOPBACK_HOSTS:
+                raise ValueError(
+                    "ENV=production refuses an http:// BETTER_AUTH_URL: sign-in and the keys "
+                    "that verify tokens would cross the network unencrypted; use https://"
+                )
         return self
 
     @property

@@ -300,13 +300,13 @@ async def _on_validation_error(_: Request, exc: Exception) -> Response:
     )
 
 
-def _flat_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+def flat_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
     for route in routes:
         # FastAPI keeps an included router as one entry that wraps the router's own routes
         # (whose paths already carry the router's prefix; this app includes without a prefix).
         included = getattr(route, "original_router", None)
         if included is not None:
-            yield from _flat_routes(included.routes)
+            yield from flat_routes(included.routes)
         else:
             yield route
 
@@ -315,7 +315,7 @@ def _allowed_methods(request: Request) -> list[str]:
     # Of the routes whose path matches, the most specific ones (fewest parameters: `…/changes`
     # is not a task whose id is "changes"), and only those the API documents.
     matching: list[tuple[int, set[str]]] = []
-    for route in _flat_routes(request.app.router.routes):
+    for route in flat_routes(request.app.router.routes):
         match, _ = route.matches(request.scope)
         if match is not Match.NONE and getattr(route, "include_in_schema", True):
             path = str(getattr(route, "path", ""))

@@ -13,9 +13,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend import db
 from backend.config import Settings, with_development_secret
 from backend.errors import Cors, PayloadTooLarge, UnexpectedErrors, install_error_handlers
+from backend.metrics import Metrics
 from backend.middleware.jwt_auth import TokenVerifier
 from backend.middleware.rate_limit import RateLimiter
-from backend.routes import tasks
+from backend.middleware.requests import RequestContext
+from backend.routes import health, tasks
 from backend.services import idempotency
 from backend.services import tasks as task_service
 from backend.services.events import ChangeHub
@@ -136,8 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Tasks API",
         version="0.1.0",
         summary="Multi-user tasks for apps whose users sign in with Better Auth.",
-        description="Every route needs `Authorization: Bearer <JWT>` whose `sub` is the "
-        "`{user_id}` of the path. Errors are `{detail, code, field}`.",
+        description="Every route under `/api/` needs `Authorization: Bearer <JWT>` whose `sub` "
+        "is the `{user_id}` of the path. Errors are `{detail, code, field}`.",
         lifespan=lifespan,
         redirect_slashes=False,
     )
@@ -153,9 +155,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.verifier = TokenVerifier(settings)
     app.state.changes = ChangeHub(settings)
     app.state.rate_limiter = RateLimiter(settings)
+    app.state.metrics = Metrics(app.state.db.engine)
     install_error_handlers(app)
     app.include_router(tasks.router)
-    # Listed innermost first: CORS wraps everything the app answers, errors included.
+    app.include_router(health.router)
+    # Listed innermost first: CORS wraps everything the app answers, errors included, and
+    # RequestContext wraps CORS (Starlette's own 500 handler stays outermost, but it never
+    # answers: UnexpectedErrors has answered first).
     app.add_middleware(BodySizeLimit)
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(NoTrailingSlash)
@@ -184,8 +190,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "RateLimit-Limit",
                 "RateLimit-Remaining",
                 "RateLimit-Reset",
+                "X-Request-ID",
             ],
         )
+    app.add_middleware(RequestContext, routes=app.router.routes, metrics=app.state.metrics)
     return app
 
 
