@@ -77,6 +77,16 @@ def _as_postgres() -> list[str]:
     return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """End a server the tests started: politely, then for sure."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _owned_temp_folder(prefix: str) -> Path:
     """A new folder under the system temp dir, owned by `postgres` when we are root (the
     servers the tests start refuse to run as root)."""
@@ -301,12 +311,7 @@ def pgbouncer(postgres: PostgresCluster) -> Iterator[PgBouncer]:
     try:
         yield bouncer
     finally:
-        bouncer.process.terminate()
-        try:
-            bouncer.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            bouncer.process.kill()
-            bouncer.process.wait()
+        stop_process(bouncer.process)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -494,12 +499,7 @@ def live_server(
             http.post(f"http://127.0.0.1:{port}/", timeout=30)  # warm: first request imports lazily
         yield LiveServer(base_url=f"http://127.0.0.1:{port}", process=process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()
 
 
@@ -542,10 +542,5 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
             time.sleep(0.05)
         yield RedisServer(f"redis://127.0.0.1:{port}/0", process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         log.close()

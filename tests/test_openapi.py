@@ -2,6 +2,8 @@
 
 import httpx
 
+from backend.schemas.task import TEXT_PATTERN, line_pattern
+
 
 async def test_openapi_documents_auth_and_errors(client: httpx.AsyncClient) -> None:
     response = await client.get("/openapi.json")
@@ -70,12 +72,16 @@ async def test_openapi_states_the_limits_and_refuses_no_advertised_value(
 ) -> None:
     # Schemathesis found these: schema-valid bodies that the service refuses.
     schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
-    title = {"type": "string", "minLength": 1, "maxLength": 200}
+    # A title's limit counts after trimming, so it is in the pattern, not in a maxLength.
+    title = {"type": "string", "pattern": line_pattern(200)}
     for name in ("TaskCreate", "TaskReplace", "TaskUpdate"):
         properties = schemas[name]["properties"]
         assert title.items() <= properties["title"].items(), name
+        assert "maxLength" not in properties["title"], name
         description = properties["description"]["anyOf"]
-        assert {"type": "string", "maxLength": 1000} in description, name
+        assert {"type": "string", "maxLength": 1000, "pattern": TEXT_PATTERN} in description, name
+        tags = properties["tags"]["items"]
+        assert tags == {"type": "string", "pattern": line_pattern(32)}, name
         assert {"type": "null"} in description, name  # null clears it
         assert properties["completed"]["type"] == "boolean", name  # never null
         assert "anyOf" not in properties["completed"], name
