@@ -6,7 +6,7 @@ VENV := .venv
 INTEROP := interop/better-auth
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install interop test-services run test lint format bench
+.PHONY: install interop test-services run test lint format bench openapi
 .DEFAULT_GOAL := test
 
 $(UV):
@@ -60,6 +60,10 @@ format: install
 
 test: lint interop test-services
 	$(VENV)/bin/pytest
+
+# The OpenAPI document at the repository root, as the app serves it (the tests compare the two).
+openapi: install
+	$(VENV)/bin/taskapi openapi --output openapi.json
 
 bench: install
 	bench/compare.sh

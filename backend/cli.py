@@ -1,7 +1,9 @@
-"""`taskapi serve | migrate | token` — run the service, migrate its database, mint a test token."""
+"""`taskapi serve | migrate | token | openapi` — run the service, migrate its database, mint a test
+token, write the OpenAPI document."""
 
 import argparse
 import asyncio
+import json
 import logging.config
 import os
 import re
@@ -92,6 +94,19 @@ def _token(settings: Settings, args: argparse.Namespace) -> None:
     print(jwt.encode(claims, settings.hs256_secret, algorithm="HS256"))
 
 
+def _openapi(output: str) -> None:
+    from backend.main import create_app  # the app is built only for this command
+
+    # The document depends on no setting: any secret will do, and none is written anywhere.
+    settings = Settings(better_auth_secret="openapi-export-" + "x" * 32, cors_origins=[])
+    document = json.dumps(create_app(settings).openapi(), indent=2, ensure_ascii=False) + "\n"
+    if output == "-":
+        sys.stdout.write(document)
+    else:
+        with open(output, "w", encoding="utf-8") as file:
+            file.write(document)
+
+
 def _problem(loc: tuple[int | str, ...], message: str) -> str:
     if not loc:  # a rule about several settings (ENV=production) names them itself
         return message.removeprefix("Value error, ")
@@ -112,8 +127,13 @@ def main(argv: list[str] | None = None) -> None:
     token = commands.add_parser("token", help="print an HS256 token signed with the secret")
     token.add_argument("--sub", required=True, help="the user id")
     token.add_argument("--ttl", type=_ttl, default=3600, help="lifetime: 3600, 15m, 1h, 7d")
+    openapi = commands.add_parser("openapi", help="write the OpenAPI document (JSON)")
+    openapi.add_argument("--output", default="openapi.json", help="a file, or - for stdout")
     args = parser.parse_args(argv)
 
+    if args.command == "openapi":
+        _openapi(args.output)
+        return
     try:
         settings = Settings()
     except ValidationError as exc:

@@ -14,6 +14,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get(
     "/health",
+    operation_id="getHealth",
     summary="Liveness: the process runs",
     response_model=Alive,
     status_code=200,
@@ -24,6 +25,7 @@ async def alive() -> Alive:
 
 @router.get(
     "/ready",
+    operation_id="getReadiness",
     summary="Readiness: the database answers and is migrated to this version",
     response_model=Ready,
     status_code=200,
@@ -44,6 +46,7 @@ async def ready(request: Request) -> Ready:
 
 @router.get(
     "/metrics",
+    operation_id="getMetrics",
     summary="Prometheus metrics: requests by route template and status, database pool",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},

@@ -292,6 +292,7 @@ _LIST_HEADERS = {
 
 @router.get(
     "/{user_id}/tasks",
+    operation_id="listTasks",
     summary="List the user's tasks",
     description="Newest first by default, filtered, sorted and paged by key: at most `limit` "
     'tasks (default 500), `X-Total-Count` for all that match, and `Link: <…>; rel="next"` '
@@ -316,6 +317,7 @@ async def list_tasks(
 
 @router.delete(
     "/{user_id}/tasks",
+    operation_id="clearTasks",
     summary="Clear completed tasks, or all of them",
     description='`?status=completed` removes the user\'s completed tasks ("clear completed"), '
     "`?status=all` every task (when the user deletes their account). Without `status`, or with "
@@ -346,6 +348,7 @@ SinceToken = Annotated[
 
 @router.get(
     "/{user_id}/tasks/changes",
+    operation_id="listTaskChanges",
     summary="What changed since a sync token",
     description="Tasks created or changed (as they are now) and ids of tasks deleted after "
     "`since`, in the order they changed, at most `limit`; `next` is the token to ask with next "
@@ -384,6 +387,7 @@ def _event(seq: int, task_id: int, task: tasks.TaskRecord | None) -> bytes:
 
 @router.get(
     "/{user_id}/tasks/events",
+    operation_id="streamTaskEvents",
     summary="Live changes (Server-Sent Events)",
     description="A stream of the user's changes as they happen: `event: changed` with the "
     'task, `event: deleted` with `{"id"}`; each event\'s `id` is its sync token. A comment '
@@ -498,6 +502,7 @@ for _name in ("changes", "events"):
 
 @router.post(
     "/{user_id}/tasks",
+    operation_id="createTask",
     summary="Create a task",
     description="With an `Idempotency-Key`, a retry of the same request creates nothing and "
     "gets the first response again (`Idempotent-Replayed: true`), however many are in flight.",
@@ -542,6 +547,7 @@ async def create_task(
 
 @router.get(
     "/{user_id}/tasks/{task_id}",
+    operation_id="getTask",
     summary="Get a task",
     response_model=TaskRead,
     responses={
@@ -563,6 +569,7 @@ async def get_task(
 
 @router.put(
     "/{user_id}/tasks/{task_id}",
+    operation_id="replaceTask",
     summary="Update a task",
     description="`title` is required; every other field changes only if it is sent "
     '(`"description": null` clears it) and keeps its value if left out. Read-only fields sent '
@@ -591,6 +598,7 @@ async def replace_task(
 
 @router.patch(
     "/{user_id}/tasks/{task_id}",
+    operation_id="updateTask",
     summary="Update some fields of a task",
     description="Only the fields sent change; `{}` changes nothing.",
     response_model=TaskRead,
@@ -617,6 +625,7 @@ async def update_task(
 
 @router.patch(
     "/{user_id}/tasks/{task_id}/complete",
+    operation_id="completeTask",
     summary="Toggle or set completion",
     description='No body or `{}`: toggles `completed`. `{"completed": true|false}`: sets it. '
     '`{"completed": null}` is refused. With an `Idempotency-Key`, a retried toggle does not '
@@ -656,6 +665,7 @@ async def complete_task(
 
 @router.delete(
     "/{user_id}/tasks/{task_id}",
+    operation_id="deleteTask",
     summary="Delete a task",
     description="Answers with the task that was deleted; a second DELETE is 404.",
     response_model=TaskRead,
