@@ -245,7 +245,20 @@ class ServiceUnavailable(AppError):
         return {"Retry-After": str(self.retry_after)}
 
 
-def error_response(error: AppError, *, errors: Sequence[dict[str, str]] | None = None) -> Response:
+def error_codes() -> list[str]:
+    """Every code the service answers with, in the tree's order."""
+
+    def family(cls: type[AppError]) -> Iterator[type[AppError]]:
+        yield cls
+        for sub in cls.__subclasses__():
+            yield from family(sub)
+
+    return list(dict.fromkeys(member.code for member in family(AppError)))
+
+
+def error_body(
+    error: AppError, *, errors: Sequence[dict[str, str]] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"detail": error.detail, "code": error.code}
     if error.field is not None:
         body["field"] = error.field
@@ -257,7 +270,11 @@ def error_response(error: AppError, *, errors: Sequence[dict[str, str]] | None =
     if errors:
         body["errors"] = list(errors)
     body.update(error.extra())
-    return _render(body, error.status_code, error.headers())
+    return body
+
+
+def error_response(error: AppError, *, errors: Sequence[dict[str, str]] | None = None) -> Response:
+    return _render(error_body(error, errors=errors), error.status_code, error.headers())
 
 
 def _render(

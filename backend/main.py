@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import db
@@ -100,12 +101,42 @@ class NoTrailingSlash:
         await self.app(scope, receive, send)
 
 
-def _without_null_parameters(schema: dict[str, Any]) -> dict[str, Any]:
-    """An optional query or header parameter is left out, never sent as null (a header or query
-    value is text): FastAPI documents `str | None` as "a string or null", so a client generator
-    or fuzzer would send the text "null". Such a parameter is documented as the string alone."""
-    for operations in schema.get("paths", {}).values():
+_REQUEST_ID_HEADER = {
+    "description": "The request's id: the one sent, when sane, or a new one; every log line "
+    "of the request carries it",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+}
+_RATE_LIMIT_HEADERS = {
+    name: {"description": f"{description} (when RATE_LIMIT is on)", "schema": schema}
+    for name, description, schema in (
+        ("RateLimit-Limit", "Requests a minute allowed", {"type": "integer", "minimum": 1}),
+        ("RateLimit-Remaining", "Requests left in this window", {"type": "integer", "minimum": 0}),
+        ("RateLimit-Reset", "Seconds until the window closes", {"type": "integer", "minimum": 0}),
+    )
+}
+TAGS = [
+    {"name": "tasks", "description": "A user's tasks: every route needs the user's token."},
+    {
+        "name": "sync",
+        "description": "What changed since a sync token, as pages or as a live stream.",
+    },
+    {"name": "operations", "description": "Probes and metrics for operators; no token."},
+]
+
+
+def _finish_document(schema: dict[str, Any]) -> dict[str, Any]:
+    """What FastAPI cannot say per route: every response carries X-Request-ID, and every
+    successful answer under /api/ the user's RateLimit-* headers. An optional query or header
+    parameter is left out, never sent as null (a header or query value is text): FastAPI
+    documents `str | None` as "a string or null", so a client generator or fuzzer would send
+    the text "null". Such a parameter is documented as the string alone."""
+    for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                headers = response.setdefault("headers", {})
+                if path.startswith("/api/") and status.startswith("2"):
+                    headers.update(_RATE_LIMIT_HEADERS)
+                headers["X-Request-ID"] = _REQUEST_ID_HEADER
             for parameter in operation.get("parameters", []):
                 choices = parameter.get("schema", {}).get("anyOf")
                 if not choices or {"type": "null"} not in choices:
@@ -134,19 +165,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.db.dispose()
         app.state.rate_limiter.close()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files this package ships, not from a CDN: /docs works offline.
+    app = FastAPIOffline(
+        static_url="/docs/assets",
         title="Tasks API",
         version="0.1.0",
         summary="Multi-user tasks for apps whose users sign in with Better Auth.",
         description="Every route under `/api/` needs `Authorization: Bearer <JWT>` whose `sub` "
         "is the `{user_id}` of the path. Errors are `{detail, code, field}`.",
+        openapi_tags=TAGS,
         lifespan=lifespan,
         redirect_slashes=False,
     )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = _without_null_parameters(FastAPI.openapi(app))
+            app.openapi_schema = _finish_document(FastAPI.openapi(app))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -4,17 +4,21 @@
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from backend.errors import ServiceUnavailable
-from backend.schemas.error import ErrorBody
+from backend.errors import AppError, ServiceUnavailable
+from backend.schemas.error import documented
 from backend.schemas.health import Alive, Ready
 from backend.services import health
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(
+    tags=["operations"],
+    responses={500: documented("An unexpected failure (nothing about it is shown)", AppError())},
+)
 
 
 @router.get(
     "/health",
     operation_id="getHealth",
+    response_description="The process runs",
     summary="Liveness: the process runs",
     response_model=Alive,
     status_code=200,
@@ -26,15 +30,16 @@ async def alive() -> Alive:
 @router.get(
     "/ready",
     operation_id="getReadiness",
+    response_description="Ready to serve",
     summary="Readiness: the database answers and is migrated to this version",
     response_model=Ready,
     status_code=200,
     responses={
-        503: {
-            "model": ErrorBody,
-            "description": "Not ready (SERVICE_UNAVAILABLE): `detail` says what failed — the "
-            "database unreachable, or not at the expected migration revision",
-        }
+        503: documented(
+            "Not ready: `detail` says what failed — the database unreachable, or not at the "
+            "migration this version of the service expects",
+            ServiceUnavailable("the database is unreachable: connection refused"),
+        )
     },
 )
 async def ready(request: Request) -> Ready:
@@ -47,6 +52,7 @@ async def ready(request: Request) -> Ready:
 @router.get(
     "/metrics",
     operation_id="getMetrics",
+    response_description="The metrics, in Prometheus' text format",
     summary="Prometheus metrics: requests by route template and status, database pool",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},

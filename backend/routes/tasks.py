@@ -23,16 +23,29 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from backend.db import DatabaseUnavailable
 from backend.errors import (
     AppError,
+    AuthRequired,
+    Forbidden,
+    IdempotencyKeyReused,
     MalformedJSON,
     MethodNotAllowed,
+    PayloadTooLarge,
+    PreconditionFailed,
+    QuotaExceeded,
     RateLimited,
+    ServiceUnavailable,
+    SyncTokenExpired,
+    TaskNotFound,
+    TokenExpired,
+    TokenInvalid,
     UnsupportedMediaType,
+    ValidationFailed,
 )
 from backend.middleware.jwt_auth import CurrentUser, authenticate
 from backend.middleware.rate_limit import RateLimiter
 from backend.models.sync import IDEMPOTENCY_KEY_MAX
-from backend.schemas.error import ErrorBody, PreconditionFailedBody
+from backend.schemas.error import PreconditionFailedBody, documented
 from backend.schemas.task import (
+    EXAMPLE_TASK,
     MAX_LIST_LIMIT,
     ChangesRead,
     CompleteBody,
@@ -165,58 +178,78 @@ def _versions(header: str | None, *, weak: bool) -> tasks.Versions | None:
 
 Responses = dict[int | str, dict[str, Any]]
 
-
-def _error(description: str) -> dict[str, Any]:
-    return {"model": ErrorBody, "description": description}
-
-
 router = APIRouter(
     prefix="/api",
-    tags=["tasks"],
     route_class=TaskRoute,
     strict_content_type=False,
     responses={
-        401: _error(
-            "Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED)"
+        401: documented(
+            "No token, or one that is invalid or expired",
+            AuthRequired(),
+            TokenInvalid(),
+            TokenExpired(),
         ),
-        403: _error("The token's user is not the path's user (FORBIDDEN)"),
-        422: _error("Invalid input; `field` names it (VALIDATION_ERROR)"),
-        429: {
-            "model": ErrorBody,
-            "description": "More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); "
-            "retry after Retry-After seconds",
-            "headers": {
-                name: {"description": description, "schema": {"type": "integer"}}
-                for name, description in (
-                    ("Retry-After", "Seconds until the user's window closes"),
-                    ("RateLimit-Limit", "Requests a minute allowed"),
-                    ("RateLimit-Remaining", "Requests left in this window: 0"),
-                    ("RateLimit-Reset", "Seconds until the window closes"),
-                )
-            },
-        },
+        403: documented("The token's user is not the path's user", Forbidden()),
+        405: documented(
+            "This path does not take this method; `Allow` lists those it takes",
+            MethodNotAllowed(allow="GET, POST, DELETE"),
+        ),
+        422: documented(
+            "Invalid input: `field` names the first problem, `errors` lists them all",
+            ValidationFailed("title: must not be empty", field="title"),
+        ),
+        429: documented(
+            "More than RATE_LIMIT requests a minute by this user; retry after `Retry-After`",
+            RateLimited(limit=600, retry_after=42),
+        ),
+        500: documented("An unexpected failure (nothing about it is shown)", AppError()),
+        503: documented(
+            "The database is unavailable, busy or too slow; retry after `Retry-After`",
+            ServiceUnavailable(),
+        ),
     },
 )
-_NOT_FOUND: Responses = {404: _error("No such task for this user (TASK_NOT_FOUND)")}
-_ETAG_HEADER = {"ETag": {"description": 'The task\'s version: `"3"`', "schema": {"type": "string"}}}
+_NOT_FOUND: Responses = {404: documented("No such task for this user", TaskNotFound())}
+_ETAG_HEADER = {
+    "ETag": {
+        "description": 'The task\'s version: `"3"`',
+        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+    }
+}
 _TASK_HEADERS: Responses = {200: {"headers": _ETAG_HEADER}}
 _PRECONDITION: Responses = {
-    412: {
-        "model": PreconditionFailedBody,
-        "description": "If-Match names another version (PRECONDITION_FAILED); `current` is the "
-        "task as it is now, and ETag its version",
-    }
+    412: documented(
+        "If-Match names another version: `current` is the task as it is now, `ETag` its version",
+        PreconditionFailed(EXAMPLE_TASK),
+        model=PreconditionFailedBody,
+    )
 }
 _REPLAYED_HEADER = {
     "Idempotent-Replayed": {
         "description": "`true` on the repeat of a request with an Idempotency-Key",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "enum": ["true"]},
     }
 }
 _BODY_ERRORS: Responses = {
-    400: _error("The body is not valid JSON (MALFORMED_JSON)"),
-    413: _error("The body is larger than 1 MiB (PAYLOAD_TOO_LARGE)"),
-    415: _error("The body is not JSON (UNSUPPORTED_MEDIA_TYPE)"),
+    400: documented("The body is not valid JSON", MalformedJSON()),
+    413: documented(
+        "The body is larger than 1 MiB",
+        PayloadTooLarge("The request body is larger than 1048576 bytes"),
+    ),
+    415: documented("The body is not JSON", UnsupportedMediaType()),
+}
+_KEY_REUSED: Responses = {
+    422: documented(
+        "Invalid input (`field` names the first problem, `errors` lists them all), or an "
+        "Idempotency-Key already used for another request",
+        ValidationFailed("title: must not be empty", field="title"),
+        IdempotencyKeyReused(),
+    )
+}
+_SYNC_TOKEN_EXPIRED: Responses = {
+    410: documented(
+        "The sync token is too old to be served, or not this user's", SyncTokenExpired()
+    )
 }
 
 
@@ -293,6 +326,8 @@ _LIST_HEADERS = {
 @router.get(
     "/{user_id}/tasks",
     operation_id="listTasks",
+    response_description="One page of the user's tasks",
+    tags=["tasks"],
     summary="List the user's tasks",
     description="Newest first by default, filtered, sorted and paged by key: at most `limit` "
     'tasks (default 500), `X-Total-Count` for all that match, and `Link: <…>; rel="next"` '
@@ -318,6 +353,8 @@ async def list_tasks(
 @router.delete(
     "/{user_id}/tasks",
     operation_id="clearTasks",
+    response_description="How many tasks were removed",
+    tags=["tasks"],
     summary="Clear completed tasks, or all of them",
     description='`?status=completed` removes the user\'s completed tasks ("clear completed"), '
     "`?status=all` every task (when the user deletes their account). Without `status`, or with "
@@ -349,6 +386,8 @@ SinceToken = Annotated[
 @router.get(
     "/{user_id}/tasks/changes",
     operation_id="listTaskChanges",
+    response_description="The changes after `since`",
+    tags=["sync"],
     summary="What changed since a sync token",
     description="Tasks created or changed (as they are now) and ids of tasks deleted after "
     "`since`, in the order they changed, at most `limit`; `next` is the token to ask with next "
@@ -356,7 +395,7 @@ SinceToken = Annotated[
     "older token is 410 SYNC_TOKEN_EXPIRED (list the tasks again and go on from the list's "
     "X-Sync-Token).",
     response_model=ChangesRead,
-    responses={410: _error("The token is too old to be served (SYNC_TOKEN_EXPIRED)")},
+    responses=_SYNC_TOKEN_EXPIRED,
 )
 async def list_changes(
     user_id: CurrentUser,
@@ -388,6 +427,7 @@ def _event(seq: int, task_id: int, task: tasks.TaskRecord | None) -> bytes:
 @router.get(
     "/{user_id}/tasks/events",
     operation_id="streamTaskEvents",
+    tags=["sync"],
     summary="Live changes (Server-Sent Events)",
     description="A stream of the user's changes as they happen: `event: changed` with the "
     'task, `event: deleted` with `{"id"}`; each event\'s `id` is its sync token. A comment '
@@ -419,7 +459,7 @@ def _event(seq: int, task_id: int, task: tasks.TaskRecord | None) -> bytes:
             },
             "description": "The event stream",
         },
-        410: _error("The token is too old to be served (SYNC_TOKEN_EXPIRED)"),
+        **_SYNC_TOKEN_EXPIRED,
     },
 )
 async def stream_events(
@@ -503,6 +543,8 @@ for _name in ("changes", "events"):
 @router.post(
     "/{user_id}/tasks",
     operation_id="createTask",
+    response_description="The task created",
+    tags=["tasks"],
     summary="Create a task",
     description="With an `Idempotency-Key`, a retry of the same request creates nothing and "
     "gets the first response again (`Idempotent-Replayed: true`), however many are in flight.",
@@ -519,7 +561,8 @@ for _name in ("changes", "events"):
                 },
             }
         },
-        409: _error("The user has MAX_TASKS_PER_USER tasks already (QUOTA_EXCEEDED)"),
+        409: documented("The user has MAX_TASKS_PER_USER tasks already", QuotaExceeded(10000)),
+        **_KEY_REUSED,
         **_BODY_ERRORS,
     },
 )
@@ -548,11 +591,16 @@ async def create_task(
 @router.get(
     "/{user_id}/tasks/{task_id}",
     operation_id="getTask",
+    response_description="The task",
+    tags=["tasks"],
     summary="Get a task",
     response_model=TaskRead,
     responses={
         **_TASK_HEADERS,
-        304: {"description": "If-None-Match names the current version: nothing to send"},
+        304: {
+            "description": "If-None-Match names the current version: nothing to send",
+            "headers": _ETAG_HEADER,
+        },
         **_NOT_FOUND,
     },
 )
@@ -570,6 +618,8 @@ async def get_task(
 @router.put(
     "/{user_id}/tasks/{task_id}",
     operation_id="replaceTask",
+    response_description="The task as it is now",
+    tags=["tasks"],
     summary="Update a task",
     description="`title` is required; every other field changes only if it is sent "
     '(`"description": null` clears it) and keeps its value if left out. Read-only fields sent '
@@ -599,6 +649,8 @@ async def replace_task(
 @router.patch(
     "/{user_id}/tasks/{task_id}",
     operation_id="updateTask",
+    response_description="The task as it is now",
+    tags=["tasks"],
     summary="Update some fields of a task",
     description="Only the fields sent change; `{}` changes nothing.",
     response_model=TaskRead,
@@ -626,6 +678,8 @@ async def update_task(
 @router.patch(
     "/{user_id}/tasks/{task_id}/complete",
     operation_id="completeTask",
+    response_description="The task as it is now",
+    tags=["tasks"],
     summary="Toggle or set completion",
     description='No body or `{}`: toggles `completed`. `{"completed": true|false}`: sets it. '
     '`{"completed": null}` is refused. With an `Idempotency-Key`, a retried toggle does not '
@@ -635,6 +689,7 @@ async def update_task(
         200: {"headers": {**_ETAG_HEADER, **_REPLAYED_HEADER}},
         **_NOT_FOUND,
         **_PRECONDITION,
+        **_KEY_REUSED,
         **_BODY_ERRORS,
     },
 )
@@ -666,6 +721,8 @@ async def complete_task(
 @router.delete(
     "/{user_id}/tasks/{task_id}",
     operation_id="deleteTask",
+    response_description="The task that was deleted",
+    tags=["tasks"],
     summary="Delete a task",
     description="Answers with the task that was deleted; a second DELETE is 404.",
     response_model=TaskRead,

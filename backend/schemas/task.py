@@ -174,6 +174,26 @@ Priority = Annotated[PriorityName, BeforeValidator(_not_null)]
 TagList = Annotated[Tags, BeforeValidator(_not_null)]
 
 
+# The task the document's examples show. Examples hold no null: FastAPI leaves every None out
+# of the OpenAPI document, so a null in an example would come out as a missing field.
+EXAMPLE_TASK: dict[str, Any] = {
+    "id": 17,
+    "user_id": "kX9f2LwQ",
+    "title": "Pay rent",
+    "description": "Transfer before the 1st",
+    "completed": True,
+    "created_at": "2026-11-26T12:00:00Z",
+    "updated_at": "2026-11-27T08:30:00Z",
+    "priority": "high",
+    "tags": ["home", "money"],
+    "due_at": "2026-12-01T09:00:00Z",
+    "remind_at": "2026-11-30T18:00:00Z",
+    "recurrence": {"frequency": "monthly", "interval": 1},
+    "completed_at": "2026-11-27T08:30:00Z",
+    "version": 2,
+}
+
+
 class Recurrence(BaseModel):
     """Repeat every `interval` days, weeks, months or years, counted from the first due date."""
 
@@ -192,6 +212,10 @@ class TaskUpdate(_Input):
 
     The one declaration of the task's writable fields: PUT and POST take the same fields, with
     the title required; what is left out of a POST gets the table's default."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"completed": True}, {"priority": "low", "tags": []}]}
+    )
 
     title: OptionalTitle | MISSING = MISSING
     description: Description | MISSING | None = MISSING
@@ -217,11 +241,35 @@ class TaskUpdate(_Input):
 class TaskReplace(TaskUpdate):
     """PUT, the spec's update: `title` is required, every other field changes only if sent."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"title": "Pay rent", "description": "Before the 1st", "completed": True}]
+        }
+    )
+
     title: Title
 
 
 class TaskCreate(TaskUpdate):
-    """POST: `title` is required; defaults: medium priority, no tags, no dates, not completed."""
+    """POST: `title` is required; defaults: medium priority, no tags, no dates, not completed.
+    A `recurrence` needs a `due_at`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"title": "Buy milk"},
+                {
+                    "title": "Pay rent",
+                    "description": "Transfer before the 1st",
+                    "priority": "high",
+                    "tags": ["home", "money"],
+                    "due_at": "2026-12-01T09:00:00Z",
+                    "remind_at": "2026-11-30T18:00:00Z",
+                    "recurrence": {"frequency": "monthly", "interval": 1},
+                },
+            ]
+        }
+    )
 
     title: Title
     _NO_DUE_DATE = (None, MISSING)
@@ -230,12 +278,16 @@ class TaskCreate(TaskUpdate):
 class CompleteBody(_Input):
     """Body of PATCH …/complete: `{"completed": bool}` sets it; no body or `{}` toggles."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"completed": True}, {}]})
+
     completed: Completed | MISSING = MISSING
 
 
 class TaskRead(BaseModel):
     """The task as every response shows it: the one list of its public fields (services return
     exactly these columns, and tests check the inputs and the table against it)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_TASK]})
 
     id: int
     user_id: str
@@ -254,6 +306,14 @@ class TaskRead(BaseModel):
 
 
 class ChangesRead(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"changed": [EXAMPLE_TASK], "deleted": [12, 15], "next": "2841", "has_more": False}
+            ]
+        }
+    )
+
     changed: list[TaskRead] = Field(description="created or changed tasks, as they are now")
     deleted: list[int] = Field(description="ids of deleted tasks")
     next: str = Field(description="the sync token to ask with next time")
@@ -325,7 +385,13 @@ class TaskQuery(BaseModel):
         Field(description="one or more of low, medium, high, comma-separated"),
     ] = None
     tag: Annotated[
-        list[Annotated[str, AfterValidator(_clean_query_tag)]],
+        list[
+            Annotated[
+                str,
+                AfterValidator(_clean_query_tag),
+                Field(json_schema_extra={"pattern": line_pattern(TAG_MAX)}),
+            ]
+        ],
         Field(max_length=TAGS_MAX, description="repeatable: a task must have every tag given"),
     ] = []
     q: Annotated[
@@ -334,6 +400,7 @@ class TaskQuery(BaseModel):
         Field(
             min_length=1,
             max_length=100,
+            json_schema_extra={"pattern": line_pattern(100)},
             description="case-insensitive text in title or description",
         ),
     ] = None
@@ -351,4 +418,6 @@ class TaskQuery(BaseModel):
 
 
 class DeletedCount(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"deleted": 3}]})
+
     deleted: int
