@@ -1,6 +1,7 @@
 """The repository documents itself: docs/api.md lists every error code the service can answer
 with, and the README every setting, so neither can fall behind the code unnoticed."""
 
+import json
 import re
 from pathlib import Path
 
@@ -37,3 +38,15 @@ def test_the_readme_points_only_inside_the_repository() -> None:
             path = (ROOT / target).resolve()
             assert path.is_relative_to(ROOT), target
             assert path.exists(), target
+
+
+def test_every_operation_is_in_the_api_reference() -> None:
+    reference = (ROOT / "docs" / "api.md").read_text()
+    rows = set(re.findall(r"^\| ([A-Z]+) \| `(\w+)` \| `([^`?]+)", reference, re.MULTILINE))
+    document = json.loads((ROOT / "openapi.json").read_text())
+    operations = {
+        (method.upper(), operation["operationId"], path)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+    assert rows == operations
