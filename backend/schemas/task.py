@@ -329,17 +329,11 @@ def _priorities(value: Any) -> Any:
     return value
 
 
+QUERY_TEXT_MAX = 100
+
+
 def _clean_query_tag(value: str) -> str:
     return _clean_line(value, TAG_MAX)
-
-
-def _clean_query_text(value: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError("must not be empty")
-    if CONTROL_CHARACTER.search(value):
-        raise ValueError("must not contain control characters")
-    return value
 
 
 def _query_datetime(value: Any) -> Any:
@@ -396,12 +390,12 @@ class TaskQuery(BaseModel):
     ] = []
     q: Annotated[
         str | None,
-        AfterValidator(lambda v: v if v is None else _clean_query_text(v)),
+        # A line like a title: 1 to 100 characters after trimming, in the pattern (a maxLength
+        # would count the white space trimmed off).
+        AfterValidator(lambda v: v if v is None else _clean_line(v, QUERY_TEXT_MAX)),
         Field(
-            min_length=1,
-            max_length=100,
-            json_schema_extra={"pattern": line_pattern(100)},
-            description="case-insensitive text in title or description",
+            json_schema_extra={"pattern": line_pattern(QUERY_TEXT_MAX)},
+            description="case-insensitive text in title or description, 1 to 100 characters",
         ),
     ] = None
     due_before: QueryWhen | None = None
