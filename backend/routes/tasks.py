@@ -282,9 +282,11 @@ async def _once(
     status_code: int = 200,
 ) -> Response:
     """Run a write, once per Idempotency-Key when one is sent, and answer with its task."""
+    written: list[tasks.TaskRecord] = []  # the task, when this request wrote it
 
     async def run() -> tuple[int, bytes]:
-        return status_code, _json(await write())
+        written.append(await write())
+        return status_code, _json(written[0])
 
     if key is None:
         status, body = await run()
@@ -298,7 +300,8 @@ async def _once(
         status, body, replayed = outcome.status, outcome.body, outcome.replayed
     if not replayed:
         _hub(request).written(user_id)
-    task = orjson.loads(body)
+    # A replay has only the stored body to say which task and version it answered with.
+    task = orjson.loads(body) if replayed else written[0]
     headers = {"ETag": _etag(task)}
     if status == 201:
         headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task['id']}"
