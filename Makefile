@@ -4,9 +4,10 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 INTEROP := interop/better-auth
+CLIENT := clients/typescript
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install interop test-services run test lint format bench openapi
+.PHONY: install interop client test-services run test lint format bench openapi
 .DEFAULT_GOAL := test
 
 $(UV):
@@ -26,6 +27,13 @@ $(INTEROP)/node_modules/.installed: $(INTEROP)/package-lock.json
 	touch $@
 
 interop: $(INTEROP)/node_modules/.installed
+
+# The TypeScript client's compiler, generator and openapi-fetch, for its tests (same npm cache).
+$(CLIENT)/node_modules/.installed: $(CLIENT)/package-lock.json
+	cd $(CLIENT) && npm ci --no-audit --no-fund --loglevel=error --cache "$(CURDIR)/.cache/npm"
+	touch $@
+
+client: $(CLIENT)/node_modules/.installed
 
 # The servers the suite runs for real: PostgreSQL 15, PgBouncer and Redis (Debian's packages), installed
 # when missing (as root, as on CI; elsewhere install them yourself or run with sudo).
@@ -58,7 +66,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint interop test-services
+test: lint interop client test-services
 	$(VENV)/bin/pytest
 
 # The OpenAPI document at the repository root, as the app serves it (the tests compare the two).

@@ -1,0 +1,47 @@
+// Compiled (never run) by `npm test`: the generated types refuse what the server refuses. tsc
+// fails if a line marked as expecting an error compiles.
+import type { Task, TaskCreate, TasksClient, TaskUpdate } from "../src/index.js";
+
+export function refusedByTheTypes(client: TasksClient, task: Task): void {
+  const path = { user_id: task.user_id, task_id: task.id };
+
+  // @ts-expect-error: a title is required on create
+  const untitled: TaskCreate = { description: "no title" };
+  // @ts-expect-error: an unknown priority
+  const urgent: TaskCreate = { title: "x", priority: "urgent" };
+  // @ts-expect-error: completed is a boolean, never null
+  const unknown: TaskUpdate = { completed: null };
+  // @ts-expect-error: the title is never null
+  const nulled: TaskUpdate = { title: null };
+  // @ts-expect-error: tags are never null (send [] to clear)
+  const untagged: TaskUpdate = { tags: null };
+  // @ts-expect-error: an unknown recurrence frequency
+  const hourly: TaskCreate = { title: "x", due_at: "2026-12-01T09:00:00Z", recurrence: { frequency: "hourly" } };
+  void [untitled, urgent, unknown, nulled, untagged, hourly];
+
+  // @ts-expect-error: create needs a body
+  void client.POST("/api/{user_id}/tasks", { params: { path: { user_id: task.user_id } } });
+  // @ts-expect-error: PUT needs the title
+  void client.PUT("/api/{user_id}/tasks/{task_id}", { params: { path }, body: { completed: true } });
+  // @ts-expect-error: {"completed": null} is 422
+  void client.PATCH("/api/{user_id}/tasks/{task_id}/complete", { params: { path }, body: { completed: null } });
+  void client.GET("/api/{user_id}/tasks", {
+    // @ts-expect-error: an unknown status filter
+    params: { path: { user_id: task.user_id }, query: { status: "done" } },
+  });
+  void client.GET("/api/{user_id}/tasks", {
+    // @ts-expect-error: an unknown sort key
+    params: { path: { user_id: task.user_id }, query: { sort: "-priority,title" } },
+  });
+  // @ts-expect-error: the task id is a number
+  void client.GET("/api/{user_id}/tasks/{task_id}", { params: { path: { user_id: "u", task_id: "1" } } });
+  // @ts-expect-error: no such route
+  void client.GET("/api/{user_id}/todos", { params: { path: { user_id: "u" } } });
+
+  // What the server accepts passes.
+  void client.PATCH("/api/{user_id}/tasks/{task_id}/complete", { params: { path } });
+  void client.PUT("/api/{user_id}/tasks/{task_id}", {
+    params: { path, header: { "If-Match": `"${task.version}"` } },
+    body: { title: task.title, description: null, due_at: null, recurrence: null },
+  });
+}

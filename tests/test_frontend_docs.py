@@ -1,0 +1,195 @@
+"""docs/frontend.md cannot rot: every code block in it is a file of a Next.js app (its title), and
+each is checked here.
+
+- `dotenv` blocks titled `api/.env` load into `Settings`; `.env.local` holds every variable the
+  app's code reads, with the same secret and origin as the API's.
+- `ts` blocks are written where their titles say, type-checked together (the TypeScript client
+  from clients/typescript, better-auth and jose from interop/better-auth, Next.js's `@/` paths),
+  then run by a driver against a real Better Auth server (jwt plugin, EdDSA) and the API served
+  with the guide's settings: sign up, tasks through the jwt plugin's token and through the
+  shared-secret route, field errors, paging, an optimistic edit and its 412, sync.
+At run time `@/lib/auth` (Better Auth's server instance, which needs the app's database) is
+replaced by a stand-in asking the real Better Auth server for the session, and a same-origin
+`fetch("/api/token")` is answered by the route's GET, as Next.js would.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from backend.config import Settings
+from tests.conftest import free_port, stop_process
+from tests.test_interop_better_auth import SERVER_DIR, running_better_auth
+from tests.test_typescript_client import CLIENT, ROOT, run, tools, tsc
+
+GUIDE = ROOT / "docs" / "frontend.md"
+BLOCK = re.compile(r'^```(\w+) title="([^"]+)"\n(.*?)^```$', re.MULTILINE | re.DOTALL)
+APP_ORIGIN = "http://localhost:3000"  # as the guide writes it; replaced by the real servers'
+API_ORIGIN = "http://localhost:8000"
+
+
+def blocks(language: str) -> list[tuple[str, str]]:
+    return [(t, body) for lang, t, body in BLOCK.findall(GUIDE.read_text()) if lang == language]
+
+
+def dotenv(text: str) -> dict[str, str]:
+    lines = (line for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: value for name, _, value in (line.partition("=") for line in lines)}
+
+
+def app_env() -> dict[str, str]:
+    [text] = [text for title, text in blocks("dotenv") if title == ".env.local"]
+    return dotenv(text)
+
+
+def api_envs() -> list[dict[str, str]]:
+    return [dotenv(text) for title, text in blocks("dotenv") if title == "api/.env"]
+
+
+def test_every_block_is_a_checked_file() -> None:
+    text = GUIDE.read_text()
+    fences = re.findall(r"^```(.*)$", text, re.MULTILINE)
+    openings = [fence for fence in fences if fence]
+    assert len(openings) == len(BLOCK.findall(text)), "a block without a title is not checked"
+    languages = {lang for lang, _, _ in BLOCK.findall(text)}
+    assert languages == {"ts", "dotenv"}
+    titles = [title for title, _ in blocks("ts")]
+    assert len(titles) == len(set(titles))
+    assert not re.search(r"\]\(https?://", text), "the guide links only inside the repository"
+    for target in re.findall(r"\]\(([^)#]+)\)", text):
+        assert (GUIDE.parent / target).resolve().exists(), target
+
+
+def load_settings(values: dict[str, str], folder: Path) -> Settings:
+    """Settings from an .env file holding `values` (and the environment, as in production)."""
+    env_file = folder / ".env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    options: dict[str, Any] = {"_env_file": env_file, "data_dir": folder}
+    return Settings(**options)
+
+
+def test_the_api_settings_load(tmp_path: Path) -> None:
+    jwks, shared = api_envs()
+    settings = load_settings(jwks, tmp_path)
+    assert settings.jwks_url == f"{APP_ORIGIN}/api/auth/jwks"
+    assert settings.better_auth_origin == APP_ORIGIN
+    assert settings.cors_origins == [APP_ORIGIN]
+    settings = load_settings(shared, tmp_path)
+    secret = shared["BETTER_AUTH_SECRET"]
+    assert settings.hs256_secret == secret.encode()
+    assert settings.cors_origins == [APP_ORIGIN]
+
+    app = app_env()
+    assert app["BETTER_AUTH_SECRET"] == secret
+    assert app["NEXT_PUBLIC_APP_URL"] == APP_ORIGIN == jwks["BETTER_AUTH_URL"]
+    assert app["NEXT_PUBLIC_TASKS_API_URL"] == API_ORIGIN
+    code = "".join(body for _, body in blocks("ts"))
+    assert set(re.findall(r"process\.env\.(\w+)", code)) <= set(app)
+
+
+@contextmanager
+def serving_api(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    """`taskapi serve` (migrating a new SQLite file) with these settings, on a free port."""
+    port = free_port()
+    log_path = tmp_path / "api.log"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("BETTER_AUTH", "JWT_"))}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "backend.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env={
+                **base_env,
+                **env,
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'tasks.db'}",
+                "DATA_DIR": str(tmp_path),
+                "RATE_LIMIT": "0",
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the API did not start: {log_path.read_text()}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(process)
+
+
+def test_the_guide_compiles_and_runs(tmp_path: Path) -> None:
+    node, _ = tools()
+    if not (SERVER_DIR / "node_modules" / "better-auth").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("interop/better-auth/node_modules is missing: run `make interop`")
+        pytest.skip("interop/better-auth/node_modules is missing: run `make interop`")
+    drivers = Path(__file__).parent / "frontend_docs"
+    app = tmp_path / "app"
+    for title, body in blocks("ts"):
+        (app / title).parent.mkdir(parents=True, exist_ok=True)
+        (app / title).write_text(body)
+    (app / "driver").mkdir()
+    for driver in drivers.iterdir():
+        (app / "driver" / driver.name).write_text(driver.read_text())
+    (app / "package.json").write_text('{"type": "module"}\n')
+    (app / "node_modules").symlink_to(SERVER_DIR / "node_modules")  # better-auth, jose
+    (tmp_path / "node_modules").mkdir()
+    (tmp_path / "node_modules" / "tasks-api-client").symlink_to(CLIENT)  # as npm links it
+    (app / "tsconfig.json").write_text(
+        f"""{{
+  "compilerOptions": {{
+    "target": "ES2022", "lib": ["dom", "dom.iterable", "es2022"], "strict": true,
+    "module": "esnext", "moduleResolution": "bundler", "skipLibCheck": true,
+    "paths": {{"@/*": ["./*"]}}, "rootDir": ".", "outDir": "build",
+    "types": ["node"], "typeRoots": ["{CLIENT / "node_modules" / "@types"}"]
+  }},
+  "include": ["**/*.ts"], "exclude": ["build", "node_modules"]
+}}
+"""
+    )
+    tsc("-p", "tsconfig.json", cwd=app)
+
+    jwks, shared = api_envs()
+    secret = shared["BETTER_AUTH_SECRET"]
+    with running_better_auth(tmp_path, "EdDSA", secret=secret) as better_auth:
+        api_env = {**jwks, **shared}
+        api_env = {k: v.replace(APP_ORIGIN, better_auth.origin) for k, v in api_env.items()}
+        with serving_api(tmp_path, api_env) as api_url:
+            env = {
+                **app_env(),
+                "NEXT_PUBLIC_APP_URL": better_auth.origin,
+                "NEXT_PUBLIC_TASKS_API_URL": api_url,
+            }
+            output = run(
+                node,
+                "--import",
+                "./build/driver/hooks.js",
+                "build/driver/main.js",
+                cwd=app,
+                env=env,
+            )
+    assert output.strip().endswith("the guide works"), output

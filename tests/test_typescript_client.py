@@ -1,0 +1,162 @@
+"""The TypeScript client (clients/typescript): generated from the committed openapi.json, built,
+installable into a frontend, and right against the live service on each database.
+
+Its own tests are node's test runner over tsc's output (Node 20 cannot run TypeScript); the
+compile also checks test/types.check.ts, whose lines marked @ts-expect-error prove that the
+generated types refuse what the server refuses. Without node, npm or the client's node_modules
+(`make client`, which `make test` runs) the module is skipped, or fails when CI is set.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SECRET, LiveServer
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = ROOT / "clients" / "typescript"
+NPM_CACHE = ROOT / ".cache" / "npm"
+TIMEOUT_SECONDS = 180
+
+
+def tools() -> tuple[str, str]:
+    """node's and npm's paths; skips (or fails, under CI) when either or the client's
+    node_modules are missing."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    problem = None
+    if node is None or npm is None:
+        problem = "node and npm are not installed (the TypeScript client needs Node 20+)"
+    elif not (CLIENT / "node_modules" / "typescript").is_dir():
+        problem = f"{CLIENT / 'node_modules'} is missing: run `make client` first"
+    if problem is not None or node is None or npm is None:
+        if os.environ.get("CI"):
+            pytest.fail(problem or "node is missing")
+        pytest.skip(problem or "node is missing")
+    return node, npm
+
+
+def run(*command: str, cwd: Path = CLIENT, env: dict[str, str] | None = None) -> str:
+    """Run a command to completion; its output, or a failure showing it."""
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(command)} exited {result.returncode}\n{result.stdout}{result.stderr}"
+        )
+    return result.stdout
+
+
+def tsc(*args: str, cwd: Path = CLIENT) -> str:
+    node, _ = tools()
+    return run(node, str(CLIENT / "node_modules" / "typescript" / "bin" / "tsc"), *args, cwd=cwd)
+
+
+def files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def compiled_tests() -> Path:
+    """The client's tests (and its sources) compiled once for the module, into build/."""
+    tsc("-p", "test/tsconfig.json")
+    return CLIENT / "build" / "test"
+
+
+def test_schema_is_what_openapi_typescript_makes_of_openapi_json() -> None:
+    node, _ = tools()
+    generator = CLIENT / "node_modules" / "openapi-typescript" / "bin" / "cli.js"
+    generated = run(node, str(generator), str(ROOT / "openapi.json"))
+    assert generated == (CLIENT / "src" / "schema.ts").read_text(), (
+        "clients/typescript/src/schema.ts is stale: run `npm run generate` in clients/typescript"
+    )
+
+
+def test_dist_is_what_tsc_makes_of_src(tmp_path: Path) -> None:
+    tsc("-p", "tsconfig.json", "--outDir", str(tmp_path))
+    assert files(tmp_path) == files(CLIENT / "dist"), (
+        "clients/typescript/dist is stale: run `npm run build` in clients/typescript"
+    )
+
+
+def test_the_types_refuse_what_the_server_refuses(compiled_tests: Path) -> None:
+    # The compile of the fixture failed had any line marked @ts-expect-error compiled.
+    assert (compiled_tests / "types.check.js").is_file()
+    assert "@ts-expect-error" in (CLIENT / "test" / "types.check.ts").read_text()
+
+
+def test_the_client_against_the_live_service(compiled_tests: Path, live_server: LiveServer) -> None:
+    node, _ = tools()
+    output = run(
+        node,
+        "--test",
+        "--test-reporter=tap",
+        str(compiled_tests / "client.test.js"),
+        env={"TASKS_API_URL": live_server.base_url, "TASKS_API_SECRET": SECRET},
+    )
+    counts = dict(re.findall(r"^# (pass|fail|skipped|todo|cancelled) (\d+)$", output, re.MULTILINE))
+    assert counts["fail"] == counts["cancelled"] == counts["skipped"] == counts["todo"] == "0", (
+        output
+    )
+    assert int(counts["pass"]) >= 10, output
+
+
+@pytest.mark.parametrize("install_links", [True, False], ids=["copied", "linked"])
+def test_a_frontend_installs_it_from_the_folder(tmp_path: Path, install_links: bool) -> None:
+    """`npm install <repo>/clients/typescript`: the app imports the compiled JS and type-checks
+    against its declarations, with no build step of its own. Copied (--install-links, what the
+    guide recommends) or linked (npm's default for a folder, which resolves the client's own
+    dependencies from its node_modules). The packages come from the npm cache `make client`
+    filled; only registry metadata it lacks is fetched (`npm ci` keeps none when the npmrc says
+    omit-lockfile-registry-resolved, as this machine's does)."""
+    node, npm = tools()
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "package.json").write_text('{"name": "app", "private": true, "type": "module"}\n')
+    install = [npm, "install", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"]
+    run(
+        *install,
+        f"--install-links={str(install_links).lower()}",
+        f"--cache={NPM_CACHE}",
+        str(CLIENT),
+        cwd=app,
+    )
+    installed = app / "node_modules" / "tasks-api-client"
+    assert installed.is_symlink() is not install_links
+    if install_links:
+        assert not (installed / "src").exists()  # only dist/ and package.json are shipped
+
+    (app / "tasks.ts").write_text(
+        'import { createTasksClient, ifMatch, TasksApiError, type Task } from "tasks-api-client";\n'
+        'const client = createTasksClient({ baseUrl: "http://127.0.0.1:9", token: () => null });\n'
+        "export async function titles(userId: string): Promise<string[]> {\n"
+        '  const { data } = await client.GET("/api/{user_id}/tasks", {\n'
+        "    params: { path: { user_id: userId } },\n"
+        "  });\n"
+        "  return (data ?? []).map((task: Task) => task.title);\n"
+        "}\n"
+        "// @ts-expect-error: the declarations travel with the package\n"
+        'export const wrong: Task = { title: "no id" };\n'
+        "export { ifMatch, TasksApiError };\n"
+    )
+    # The compiler options of a new Next.js app (bundler resolution), then node's own.
+    common = ["--strict", "--noEmit", "--skipLibCheck", "--target", "ES2022", "--lib", "ES2022,DOM"]
+    tsc(*common, "--module", "esnext", "--moduleResolution", "bundler", "tasks.ts", cwd=app)
+    tsc(*common, "--module", "nodenext", "--moduleResolution", "nodenext", "tasks.ts", cwd=app)
+
+    (app / "main.mjs").write_text(
+        'import { createTasksClient, ifMatch, TasksApiError } from "tasks-api-client";\n'
+        'const client = createTasksClient({ baseUrl: "http://127.0.0.1:9", token: () => null });\n'
+        "console.log(typeof client.GET, ifMatch({ version: 3 }), TasksApiError.name);\n"
+    )
+    assert run(node, "main.mjs", cwd=app) == 'function "3" TasksApiError\n'
