@@ -203,6 +203,12 @@ class Recurrence(BaseModel):
     interval: Annotated[StrictInt, Field(ge=1, le=INTERVAL_MAX)] = 1
 
 
+class RecurrenceRead(Recurrence):
+    """A task's recurrence as responses show it: `interval` is always there."""
+
+    interval: int
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -300,7 +306,7 @@ class TaskRead(BaseModel):
     tags: list[str]
     due_at: datetime | None
     remind_at: datetime | None
-    recurrence: Recurrence | None
+    recurrence: RecurrenceRead | None
     completed_at: datetime | None
     version: int = Field(description="1 on create, +1 on each change; the ETag is its quoted value")
 

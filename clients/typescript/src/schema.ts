@@ -184,7 +184,41 @@ export interface components {
              */
             status: "ok";
         };
-        /** ChangesRead */
+        /**
+         * ChangesRead
+         * @example {
+         *       "changed": [
+         *         {
+         *           "completed": true,
+         *           "completed_at": "2026-11-27T08:30:00Z",
+         *           "created_at": "2026-11-26T12:00:00Z",
+         *           "description": "Transfer before the 1st",
+         *           "due_at": "2026-12-01T09:00:00Z",
+         *           "id": 17,
+         *           "priority": "high",
+         *           "recurrence": {
+         *             "frequency": "monthly",
+         *             "interval": 1
+         *           },
+         *           "remind_at": "2026-11-30T18:00:00Z",
+         *           "tags": [
+         *             "home",
+         *             "money"
+         *           ],
+         *           "title": "Pay rent",
+         *           "updated_at": "2026-11-27T08:30:00Z",
+         *           "user_id": "kX9f2LwQ",
+         *           "version": 2
+         *         }
+         *       ],
+         *       "deleted": [
+         *         12,
+         *         15
+         *       ],
+         *       "has_more": false,
+         *       "next": "2841"
+         *     }
+         */
         ChangesRead: {
             /**
              * Changed
@@ -210,44 +244,83 @@ export interface components {
         /**
          * CompleteBody
          * @description Body of PATCH …/complete: `{"completed": bool}` sets it; no body or `{}` toggles.
+         * @example {
+         *       "completed": true
+         *     }
+         * @example {}
          */
         CompleteBody: {
             /** Completed */
             completed?: boolean;
         };
-        /** DeletedCount */
+        /**
+         * DeletedCount
+         * @example {
+         *       "deleted": 3
+         *     }
+         */
         DeletedCount: {
             /** Deleted */
             deleted: number;
         };
         /** ErrorBody */
         ErrorBody: {
-            /** Detail */
+            /**
+             * Detail
+             * @description What went wrong, for people: show it, don't parse it
+             */
             detail: string;
-            /** Code */
-            code: string;
-            /** Field */
-            field?: string | null;
-            /** Errors */
-            errors?: components["schemas"]["FieldProblem"][] | null;
+            /**
+             * Code
+             * @description What went wrong, for programs: stable, UPPER_SNAKE
+             * @enum {string}
+             */
+            code: "INTERNAL_ERROR" | "BAD_REQUEST" | "MALFORMED_JSON" | "CORS_REFUSED" | "AUTH_REQUIRED" | "TOKEN_INVALID" | "TOKEN_EXPIRED" | "FORBIDDEN" | "NOT_FOUND" | "TASK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "QUOTA_EXCEEDED" | "SYNC_TOKEN_EXPIRED" | "PRECONDITION_FAILED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "VALIDATION_ERROR" | "IDEMPOTENCY_KEY_REUSED" | "RATE_LIMITED" | "SERVICE_UNAVAILABLE";
+            /**
+             * Field
+             * @description The request field at fault (422 and some 400s)
+             */
+            field?: string;
+            /**
+             * Errors
+             * @description Every problem found, when the input was invalid (422)
+             */
+            errors?: components["schemas"]["FieldProblem"][];
         };
         /** FieldProblem */
         FieldProblem: {
-            /** Field */
+            /**
+             * Field
+             * @description `title`, `tags.2`, `limit`, `Idempotency-Key`…
+             */
             field: string;
             /** Message */
             message: string;
         };
         /** PreconditionFailedBody */
         PreconditionFailedBody: {
-            /** Detail */
+            /**
+             * Detail
+             * @description What went wrong, for people: show it, don't parse it
+             */
             detail: string;
-            /** Code */
-            code: string;
-            /** Field */
-            field?: string | null;
-            /** Errors */
-            errors?: components["schemas"]["FieldProblem"][] | null;
+            /**
+             * Code
+             * @description What went wrong, for programs: stable, UPPER_SNAKE
+             * @enum {string}
+             */
+            code: "INTERNAL_ERROR" | "BAD_REQUEST" | "MALFORMED_JSON" | "CORS_REFUSED" | "AUTH_REQUIRED" | "TOKEN_INVALID" | "TOKEN_EXPIRED" | "FORBIDDEN" | "NOT_FOUND" | "TASK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "QUOTA_EXCEEDED" | "SYNC_TOKEN_EXPIRED" | "PRECONDITION_FAILED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "VALIDATION_ERROR" | "IDEMPOTENCY_KEY_REUSED" | "RATE_LIMITED" | "SERVICE_UNAVAILABLE";
+            /**
+             * Field
+             * @description The request field at fault (422 and some 400s)
+             */
+            field?: string;
+            /**
+             * Errors
+             * @description Every problem found, when the input was invalid (422)
+             */
+            errors?: components["schemas"]["FieldProblem"][];
+            /** @description The task as it is now; its version is the ETag */
             current: components["schemas"]["TaskRead"];
         };
         /** Ready */
@@ -272,11 +345,43 @@ export interface components {
              * Interval
              * @default 1
              */
+            interval?: number;
+        };
+        /**
+         * RecurrenceRead
+         * @description A task's recurrence as responses show it: `interval` is always there.
+         */
+        RecurrenceRead: {
+            /**
+             * Frequency
+             * @enum {string}
+             */
+            frequency: "daily" | "weekly" | "monthly" | "yearly";
+            /** Interval */
             interval: number;
         };
         /**
          * TaskCreate
          * @description POST: `title` is required; defaults: medium priority, no tags, no dates, not completed.
+         *     A `recurrence` needs a `due_at`.
+         * @example {
+         *       "title": "Buy milk"
+         *     }
+         * @example {
+         *       "description": "Transfer before the 1st",
+         *       "due_at": "2026-12-01T09:00:00Z",
+         *       "priority": "high",
+         *       "recurrence": {
+         *         "frequency": "monthly",
+         *         "interval": 1
+         *       },
+         *       "remind_at": "2026-11-30T18:00:00Z",
+         *       "tags": [
+         *         "home",
+         *         "money"
+         *       ],
+         *       "title": "Pay rent"
+         *     }
          */
         TaskCreate: {
             /**
@@ -308,6 +413,28 @@ export interface components {
          * TaskRead
          * @description The task as every response shows it: the one list of its public fields (services return
          *     exactly these columns, and tests check the inputs and the table against it).
+         * @example {
+         *       "completed": true,
+         *       "completed_at": "2026-11-27T08:30:00Z",
+         *       "created_at": "2026-11-26T12:00:00Z",
+         *       "description": "Transfer before the 1st",
+         *       "due_at": "2026-12-01T09:00:00Z",
+         *       "id": 17,
+         *       "priority": "high",
+         *       "recurrence": {
+         *         "frequency": "monthly",
+         *         "interval": 1
+         *       },
+         *       "remind_at": "2026-11-30T18:00:00Z",
+         *       "tags": [
+         *         "home",
+         *         "money"
+         *       ],
+         *       "title": "Pay rent",
+         *       "updated_at": "2026-11-27T08:30:00Z",
+         *       "user_id": "kX9f2LwQ",
+         *       "version": 2
+         *     }
          */
         TaskRead: {
             /** Id */
@@ -341,7 +468,7 @@ export interface components {
             due_at: string | null;
             /** Remind At */
             remind_at: string | null;
-            recurrence: components["schemas"]["Recurrence"] | null;
+            recurrence: components["schemas"]["RecurrenceRead"] | null;
             /** Completed At */
             completed_at: string | null;
             /**
@@ -353,6 +480,11 @@ export interface components {
         /**
          * TaskReplace
          * @description PUT, the spec's update: `title` is required, every other field changes only if sent.
+         * @example {
+         *       "completed": true,
+         *       "description": "Before the 1st",
+         *       "title": "Pay rent"
+         *     }
          */
         TaskReplace: {
             /**
@@ -386,6 +518,13 @@ export interface components {
          *
          *     The one declaration of the task's writable fields: PUT and POST take the same fields, with
          *     the title required; what is left out of a POST gets the table's default.
+         * @example {
+         *       "completed": true
+         *     }
+         * @example {
+         *       "priority": "low",
+         *       "tags": []
+         *     }
          */
         TaskUpdate: {
             /**
@@ -430,7 +569,7 @@ export interface operations {
                 priority?: ("low" | "medium" | "high")[];
                 /** @description repeatable: a task must have every tag given */
                 tag?: string[];
-                /** @description case-insensitive text in title or description */
+                /** @description case-insensitive text in title or description, 1 to 100 characters */
                 q?: string;
                 due_before?: string;
                 due_after?: string;
@@ -451,7 +590,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description One page of the user's tasks */
             200: {
                 headers: {
                     /** @description How many tasks match the filters (on every page) */
@@ -460,50 +599,105 @@ export interface operations {
                     Link?: string;
                     /** @description Where the change feed (`…/tasks/changes?since=`) takes over from this list */
                     "X-Sync-Token"?: string;
+                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskRead"][];
                 };
             };
-            /** @description Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED) */
+            /** @description No token, or one that is invalid or expired */
             401: {
                 headers: {
+                    /** @description `Bearer`, or `Bearer error="invalid_token"` when a token was refused */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token's user is not the path's user (FORBIDDEN) */
+            /** @description The token's user is not the path's user */
             403: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input; `field` names it (VALIDATION_ERROR) */
+            /** @description This path does not take this method; `Allow` lists those it takes */
+            405: {
+                headers: {
+                    /** @description The methods this path takes: `GET, POST, DELETE` */
+                    Allow?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input: `field` names the first problem, `errors` lists them all */
             422: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); retry after Retry-After seconds */
+            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
             429: {
                 headers: {
-                    /** @description Seconds until the user's window closes */
+                    /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed */
+                    /** @description Requests a minute allowed (RATE_LIMIT) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window: 0 */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
                     /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable, busy or too slow; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -531,95 +725,158 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The task created */
             201: {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
                     /** @description `true` on the repeat of a request with an Idempotency-Key */
-                    "Idempotent-Replayed"?: string;
+                    "Idempotent-Replayed"?: "true";
                     /** @description `/api/{user_id}/tasks/{id}` */
                     Location?: string;
+                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskRead"];
                 };
             };
-            /** @description The body is not valid JSON (MALFORMED_JSON) */
+            /** @description The body is not valid JSON */
             400: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED) */
+            /** @description No token, or one that is invalid or expired */
             401: {
                 headers: {
+                    /** @description `Bearer`, or `Bearer error="invalid_token"` when a token was refused */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token's user is not the path's user (FORBIDDEN) */
+            /** @description The token's user is not the path's user */
             403: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The user has MAX_TASKS_PER_USER tasks already (QUOTA_EXCEEDED) */
+            /** @description This path does not take this method; `Allow` lists those it takes */
+            405: {
+                headers: {
+                    /** @description The methods this path takes: `GET, POST, DELETE` */
+                    Allow?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The user has MAX_TASKS_PER_USER tasks already */
             409: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The body is larger than 1 MiB (PAYLOAD_TOO_LARGE) */
+            /** @description The body is larger than 1 MiB */
             413: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The body is not JSON (UNSUPPORTED_MEDIA_TYPE) */
+            /** @description The body is not JSON */
             415: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input; `field` names it (VALIDATION_ERROR) */
+            /** @description Invalid input (`field` names the first problem, `errors` lists them all), or an Idempotency-Key already used for another request */
             422: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); retry after Retry-After seconds */
+            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
             429: {
                 headers: {
-                    /** @description Seconds until the user's window closes */
+                    /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed */
+                    /** @description Requests a minute allowed (RATE_LIMIT) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window: 0 */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
                     /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable, busy or too slow; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -643,53 +900,108 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description How many tasks were removed */
             200: {
                 headers: {
+                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["DeletedCount"];
                 };
             };
-            /** @description Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED) */
+            /** @description No token, or one that is invalid or expired */
             401: {
                 headers: {
+                    /** @description `Bearer`, or `Bearer error="invalid_token"` when a token was refused */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token's user is not the path's user (FORBIDDEN) */
+            /** @description The token's user is not the path's user */
             403: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input; `field` names it (VALIDATION_ERROR) */
+            /** @description This path does not take this method; `Allow` lists those it takes */
+            405: {
+                headers: {
+                    /** @description The methods this path takes: `GET, POST, DELETE` */
+                    Allow?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input: `field` names the first problem, `errors` lists them all */
             422: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); retry after Retry-After seconds */
+            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
             429: {
                 headers: {
-                    /** @description Seconds until the user's window closes */
+                    /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed */
+                    /** @description Requests a minute allowed (RATE_LIMIT) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window: 0 */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
                     /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable, busy or too slow; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -714,62 +1026,119 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The changes after `since` */
             200: {
                 headers: {
+                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ChangesRead"];
                 };
             };
-            /** @description Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED) */
+            /** @description No token, or one that is invalid or expired */
             401: {
                 headers: {
+                    /** @description `Bearer`, or `Bearer error="invalid_token"` when a token was refused */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token's user is not the path's user (FORBIDDEN) */
+            /** @description The token's user is not the path's user */
             403: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token is too old to be served (SYNC_TOKEN_EXPIRED) */
+            /** @description This path does not take this method; `Allow` lists those it takes */
+            405: {
+                headers: {
+                    /** @description The methods this path takes: `GET, POST, DELETE` */
+                    Allow?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The sync token is too old to be served, or not this user's */
             410: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input; `field` names it (VALIDATION_ERROR) */
+            /** @description Invalid input: `field` names the first problem, `errors` lists them all */
             422: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); retry after Retry-After seconds */
+            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
             429: {
                 headers: {
-                    /** @description Seconds until the user's window closes */
+                    /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed */
+                    /** @description Requests a minute allowed (RATE_LIMIT) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window: 0 */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
                     /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable, busy or too slow; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -799,6 +1168,14 @@ export interface operations {
             /** @description The event stream */
             200: {
                 headers: {
+                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -812,53 +1189,102 @@ export interface operations {
                     };
                 };
             };
-            /** @description Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED) */
+            /** @description No token, or one that is invalid or expired */
             401: {
                 headers: {
+                    /** @description `Bearer`, or `Bearer error="invalid_token"` when a token was refused */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token's user is not the path's user (FORBIDDEN) */
+            /** @description The token's user is not the path's user */
             403: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token is too old to be served (SYNC_TOKEN_EXPIRED) */
+            /** @description This path does not take this method; `Allow` lists those it takes */
+            405: {
+                headers: {
+                    /** @description The methods this path takes: `GET, POST, DELETE` */
+                    Allow?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The sync token is too old to be served, or not this user's */
             410: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input; `field` names it (VALIDATION_ERROR) */
+            /** @description Invalid input: `field` names the first problem, `errors` lists them all */
             422: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); retry after Retry-After seconds */
+            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
             429: {
                 headers: {
-                    /** @description Seconds until the user's window closes */
+                    /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed */
+                    /** @description Requests a minute allowed (RATE_LIMIT) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window: 0 */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
                     /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable, busy or too slow; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -884,11 +1310,19 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The task */
             200: {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
+                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -898,57 +1332,110 @@ export interface operations {
             /** @description If-None-Match names the current version: nothing to send */
             304: {
                 headers: {
+                    /** @description The task's version: `"3"` */
+                    ETag?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED) */
+            /** @description No token, or one that is invalid or expired */
             401: {
                 headers: {
+                    /** @description `Bearer`, or `Bearer error="invalid_token"` when a token was refused */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token's user is not the path's user (FORBIDDEN) */
+            /** @description The token's user is not the path's user */
             403: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No such task for this user (TASK_NOT_FOUND) */
+            /** @description No such task for this user */
             404: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input; `field` names it (VALIDATION_ERROR) */
+            /** @description This path does not take this method; `Allow` lists those it takes */
+            405: {
+                headers: {
+                    /** @description The methods this path takes: `GET, POST, DELETE` */
+                    Allow?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Invalid input: `field` names the first problem, `errors` lists them all */
             422: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); retry after Retry-After seconds */
+            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
             429: {
                 headers: {
-                    /** @description Seconds until the user's window closes */
+                    /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed */
+                    /** @description Requests a minute allowed (RATE_LIMIT) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window: 0 */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
                     /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable, busy or too slow; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -978,100 +1465,167 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The task as it is now */
             200: {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
+                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskRead"];
                 };
             };
-            /** @description The body is not valid JSON (MALFORMED_JSON) */
+            /** @description The body is not valid JSON */
             400: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED) */
+            /** @description No token, or one that is invalid or expired */
             401: {
                 headers: {
+                    /** @description `Bearer`, or `Bearer error="invalid_token"` when a token was refused */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token's user is not the path's user (FORBIDDEN) */
+            /** @description The token's user is not the path's user */
             403: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No such task for this user (TASK_NOT_FOUND) */
+            /** @description No such task for this user */
             404: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description If-Match names another version (PRECONDITION_FAILED); `current` is the task as it is now, and ETag its version */
+            /** @description This path does not take this method; `Allow` lists those it takes */
+            405: {
+                headers: {
+                    /** @description The methods this path takes: `GET, POST, DELETE` */
+                    Allow?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description If-Match names another version: `current` is the task as it is now, `ETag` its version */
             412: {
                 headers: {
+                    /** @description The task's version now: `"3"` */
+                    ETag?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["PreconditionFailedBody"];
                 };
             };
-            /** @description The body is larger than 1 MiB (PAYLOAD_TOO_LARGE) */
+            /** @description The body is larger than 1 MiB */
             413: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The body is not JSON (UNSUPPORTED_MEDIA_TYPE) */
+            /** @description The body is not JSON */
             415: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input; `field` names it (VALIDATION_ERROR) */
+            /** @description Invalid input: `field` names the first problem, `errors` lists them all */
             422: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); retry after Retry-After seconds */
+            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
             429: {
                 headers: {
-                    /** @description Seconds until the user's window closes */
+                    /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed */
+                    /** @description Requests a minute allowed (RATE_LIMIT) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window: 0 */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
                     /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable, busy or too slow; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1097,73 +1651,134 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The task that was deleted */
             200: {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
+                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskRead"];
                 };
             };
-            /** @description Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED) */
+            /** @description No token, or one that is invalid or expired */
             401: {
                 headers: {
+                    /** @description `Bearer`, or `Bearer error="invalid_token"` when a token was refused */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token's user is not the path's user (FORBIDDEN) */
+            /** @description The token's user is not the path's user */
             403: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No such task for this user (TASK_NOT_FOUND) */
+            /** @description No such task for this user */
             404: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description If-Match names another version (PRECONDITION_FAILED); `current` is the task as it is now, and ETag its version */
+            /** @description This path does not take this method; `Allow` lists those it takes */
+            405: {
+                headers: {
+                    /** @description The methods this path takes: `GET, POST, DELETE` */
+                    Allow?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description If-Match names another version: `current` is the task as it is now, `ETag` its version */
             412: {
                 headers: {
+                    /** @description The task's version now: `"3"` */
+                    ETag?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["PreconditionFailedBody"];
                 };
             };
-            /** @description Invalid input; `field` names it (VALIDATION_ERROR) */
+            /** @description Invalid input: `field` names the first problem, `errors` lists them all */
             422: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); retry after Retry-After seconds */
+            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
             429: {
                 headers: {
-                    /** @description Seconds until the user's window closes */
+                    /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed */
+                    /** @description Requests a minute allowed (RATE_LIMIT) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window: 0 */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
                     /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable, busy or too slow; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1193,100 +1808,167 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The task as it is now */
             200: {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
+                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskRead"];
                 };
             };
-            /** @description The body is not valid JSON (MALFORMED_JSON) */
+            /** @description The body is not valid JSON */
             400: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED) */
+            /** @description No token, or one that is invalid or expired */
             401: {
                 headers: {
+                    /** @description `Bearer`, or `Bearer error="invalid_token"` when a token was refused */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token's user is not the path's user (FORBIDDEN) */
+            /** @description The token's user is not the path's user */
             403: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No such task for this user (TASK_NOT_FOUND) */
+            /** @description No such task for this user */
             404: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description If-Match names another version (PRECONDITION_FAILED); `current` is the task as it is now, and ETag its version */
+            /** @description This path does not take this method; `Allow` lists those it takes */
+            405: {
+                headers: {
+                    /** @description The methods this path takes: `GET, POST, DELETE` */
+                    Allow?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description If-Match names another version: `current` is the task as it is now, `ETag` its version */
             412: {
                 headers: {
+                    /** @description The task's version now: `"3"` */
+                    ETag?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["PreconditionFailedBody"];
                 };
             };
-            /** @description The body is larger than 1 MiB (PAYLOAD_TOO_LARGE) */
+            /** @description The body is larger than 1 MiB */
             413: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The body is not JSON (UNSUPPORTED_MEDIA_TYPE) */
+            /** @description The body is not JSON */
             415: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input; `field` names it (VALIDATION_ERROR) */
+            /** @description Invalid input: `field` names the first problem, `errors` lists them all */
             422: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); retry after Retry-After seconds */
+            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
             429: {
                 headers: {
-                    /** @description Seconds until the user's window closes */
+                    /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed */
+                    /** @description Requests a minute allowed (RATE_LIMIT) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window: 0 */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
                     /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable, busy or too slow; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1318,102 +2000,169 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Successful Response */
+            /** @description The task as it is now */
             200: {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
                     /** @description `true` on the repeat of a request with an Idempotency-Key */
-                    "Idempotent-Replayed"?: string;
+                    "Idempotent-Replayed"?: "true";
+                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    "RateLimit-Limit"?: number;
+                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    "RateLimit-Remaining"?: number;
+                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["TaskRead"];
                 };
             };
-            /** @description The body is not valid JSON (MALFORMED_JSON) */
+            /** @description The body is not valid JSON */
             400: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, invalid or expired token (AUTH_REQUIRED, TOKEN_INVALID, TOKEN_EXPIRED) */
+            /** @description No token, or one that is invalid or expired */
             401: {
                 headers: {
+                    /** @description `Bearer`, or `Bearer error="invalid_token"` when a token was refused */
+                    "WWW-Authenticate"?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The token's user is not the path's user (FORBIDDEN) */
+            /** @description The token's user is not the path's user */
             403: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description No such task for this user (TASK_NOT_FOUND) */
+            /** @description No such task for this user */
             404: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description If-Match names another version (PRECONDITION_FAILED); `current` is the task as it is now, and ETag its version */
+            /** @description This path does not take this method; `Allow` lists those it takes */
+            405: {
+                headers: {
+                    /** @description The methods this path takes: `GET, POST, DELETE` */
+                    Allow?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description If-Match names another version: `current` is the task as it is now, `ETag` its version */
             412: {
                 headers: {
+                    /** @description The task's version now: `"3"` */
+                    ETag?: string;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["PreconditionFailedBody"];
                 };
             };
-            /** @description The body is larger than 1 MiB (PAYLOAD_TOO_LARGE) */
+            /** @description The body is larger than 1 MiB */
             413: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The body is not JSON (UNSUPPORTED_MEDIA_TYPE) */
+            /** @description The body is not JSON */
             415: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Invalid input; `field` names it (VALIDATION_ERROR) */
+            /** @description Invalid input (`field` names the first problem, `errors` lists them all), or an Idempotency-Key already used for another request */
             422: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user (RATE_LIMITED); retry after Retry-After seconds */
+            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
             429: {
                 headers: {
-                    /** @description Seconds until the user's window closes */
+                    /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed */
+                    /** @description Requests a minute allowed (RATE_LIMIT) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window: 0 */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
                     /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The database is unavailable, busy or too slow; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1431,13 +2180,26 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The process runs */
             200: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Alive"];
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -1451,18 +2213,35 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description Ready to serve */
             200: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Ready"];
                 };
             };
-            /** @description Not ready (SERVICE_UNAVAILABLE): `detail` says what failed — the database unreachable, or not at the expected migration revision */
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not ready: `detail` says what failed — the database unreachable, or not at the migration this version of the service expects */
             503: {
                 headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1480,13 +2259,26 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description Successful Response */
+            /** @description The metrics, in Prometheus' text format */
             200: {
                 headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "text/plain; version=1.0.0; charset=utf-8": string;
+                };
+            };
+            /** @description An unexpected failure (nothing about it is shown) */
+            500: {
+                headers: {
+                    /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
+                    "X-Request-ID"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
