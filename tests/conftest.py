@@ -445,10 +445,11 @@ class LiveServer:
 
 @pytest.fixture(scope="module")
 def live_server(
-    database_url: str, tmp_path_factory: pytest.TempPathFactory
+    database_url: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[LiveServer]:
     """The service under uvicorn in its own process, on a free loopback port; one per module
-    and database, so its tests use user ids of their own (the table is not emptied for them)."""
+    and database, so its tests use user ids of their own (the table is not emptied for them).
+    A module's `LIVE_SERVER_ENV` (a dict) adds to or overrides the server's environment."""
     port = free_port()
     tmp_path = tmp_path_factory.mktemp("live")
     env = {
@@ -461,6 +462,7 @@ def live_server(
         # Its modules send hundreds of requests a minute as one user; the rate limit has tests
         # of its own (test_limits*.py).
         "RATE_LIMIT": "0",
+        **getattr(request.module, "LIVE_SERVER_ENV", {}),
     }
     log = (tmp_path / "server.log").open("wb")
     process = subprocess.Popen(
