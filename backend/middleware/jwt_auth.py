@@ -30,7 +30,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from backend.config import Settings
 from backend.errors import AppError, AuthError, AuthRequired, Forbidden, TokenExpired, TokenInvalid
-from backend.middleware.jwks import ASYMMETRIC_ALGORITHMS, Clock, JwksCache
+from backend.middleware.jwks import (
+    ASYMMETRIC_ALGORITHMS,
+    FETCH_TIMEOUT_SECONDS,
+    Clock,
+    JwksCache,
+)
 from backend.models.task import CONTROL_CHARACTER, USER_ID_MAX
 
 logger = logging.getLogger("backend.auth")
@@ -80,13 +85,22 @@ class TokenVerifier:
     `kid`. Anything else — `none`, HS512, no `alg`, a path that is not configured — is refused.
     Never mixing the two in one decode call is what makes algorithm confusion impossible."""
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        jwks_timeout: float = FETCH_TIMEOUT_SECONDS,
+    ) -> None:
         self._hs256_key = settings.hs256_secret
         self._leeway = settings.jwt_leeway_seconds
         self._jwks: JwksCache | None = None
         if settings.jwks_url is not None:
             self._jwks = JwksCache(
-                settings.jwks_url, cache_seconds=settings.jwks_cache_seconds, clock=clock
+                settings.jwks_url,
+                cache_seconds=settings.jwks_cache_seconds,
+                clock=clock,
+                timeout=jwks_timeout,
             )
         # Shared-secret tokens usually carry no iss/aud: checked only when configured explicitly.
         issuer = _Expected(settings.jwt_issuer, "JWT_ISSUER")
