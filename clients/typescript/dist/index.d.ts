@@ -11,6 +11,8 @@ export type Changes = Schemas["ChangesRead"];
 export type DeletedCount = Schemas["DeletedCount"];
 export type ErrorBody = Schemas["ErrorBody"];
 export type PreconditionFailedBody = Schemas["PreconditionFailedBody"];
+/** Every code the API answers with (`TASK_NOT_FOUND`, `VALIDATION_ERROR`…). */
+export type ErrorCode = ErrorBody["code"];
 export type Priority = Task["priority"];
 export type Recurrence = NonNullable<Task["recurrence"]>;
 /** The filters, sort and page size of `GET /api/{user_id}/tasks`. */
@@ -36,8 +38,9 @@ export declare function createTasksClient({ baseUrl, token, fetch }: TasksClient
 /** An error answer of the API (or of something in front of it), as an exception. */
 export declare class TasksApiError extends Error {
     readonly status: number;
-    /** The stable UPPER_SNAKE code (`TASK_NOT_FOUND`…); `HTTP_<status>` if the body had none. */
-    readonly code: string;
+    /** The stable UPPER_SNAKE code (`TASK_NOT_FOUND`…); `HTTP_<status>` if the body had none
+     * (an answer from something in front of the API, or a 304). */
+    readonly code: ErrorCode | `HTTP_${number}`;
     readonly detail: string;
     /** The offending field of a 422 (`title`, `due_at`, `cursor`…). */
     readonly field: string | null;

@@ -40,7 +40,8 @@ function bearer(token) {
 /** An error answer of the API (or of something in front of it), as an exception. */
 export class TasksApiError extends Error {
     status;
-    /** The stable UPPER_SNAKE code (`TASK_NOT_FOUND`…); `HTTP_<status>` if the body had none. */
+    /** The stable UPPER_SNAKE code (`TASK_NOT_FOUND`…); `HTTP_<status>` if the body had none
+     * (an answer from something in front of the API, or a 304). */
     code;
     detail;
     /** The offending field of a 422 (`title`, `due_at`, `cursor`…). */

@@ -1,6 +1,6 @@
 // Compiled (never run) by `npm test`: the generated types refuse what the server refuses. tsc
 // fails if a line marked as expecting an error compiles.
-import type { Task, TaskCreate, TasksClient, TaskUpdate } from "../src/index.js";
+import type { Task, TaskCreate, TasksApiError, TasksClient, TaskUpdate } from "../src/index.js";
 
 export function refusedByTheTypes(client: TasksClient, task: Task): void {
   const path = { user_id: task.user_id, task_id: task.id };
@@ -38,10 +38,17 @@ export function refusedByTheTypes(client: TasksClient, task: Task): void {
   // @ts-expect-error: no such route
   void client.GET("/api/{user_id}/todos", { params: { path: { user_id: "u" } } });
 
-  // What the server accepts passes.
+  // What the server accepts passes, a recurrence without its interval (1) included.
+  const weekly: TaskCreate = { title: "x", due_at: "2026-12-01T09:00:00Z", recurrence: { frequency: "weekly" } };
+  void weekly;
   void client.PATCH("/api/{user_id}/tasks/{task_id}/complete", { params: { path } });
   void client.PUT("/api/{user_id}/tasks/{task_id}", {
     params: { path, header: { "If-Match": `"${task.version}"` } },
     body: { title: task.title, description: null, due_at: null, recurrence: null },
   });
+}
+
+export function errorCodesAreTyped(error: TasksApiError): boolean {
+  // @ts-expect-error: no such code (TASK_NOT_FOUND is)
+  return error.code === "TASK_MISSING" || error.code === "TASK_NOT_FOUND" || error.code === "HTTP_502";
 }
