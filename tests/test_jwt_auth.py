@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.warnings import InsecureKeyLengthWarning
 
+from backend.errors import TokenExpired, TokenInvalid
+from backend.middleware.jwt_auth import VERIFIED_TOKEN_SECONDS, VERIFIED_TOKENS_KEPT, TokenVerifier
 from tests.conftest import SECRET, app_client, make_settings
 
 Token = Callable[..., str]
@@ -734,3 +736,57 @@ async def test_another_users_existing_task_is_403_not_touched(
     response = await client.get(task, headers=auth("bob"))
     assert response.status_code == 200, response.text
     assert response.json() == created.json()
+
+
+# --- Verified tokens are remembered, never beyond their validity ------------------------------
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = 1_900_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_remembered_token_still_expires_on_time() -> None:
+    clock = WallClock()
+    settings = make_settings("sqlite:///unused.db", jwt_leeway_seconds=30)
+    verifier = TokenVerifier(settings, wall_clock=clock)
+    exp = int(clock.now) + 20
+    token = jwt.encode({"sub": "alice", "exp": exp}, SECRET, algorithm="HS256")
+    assert await verifier.verify(token) == "alice"
+    clock.now = exp + 29  # within the leeway: still accepted, from memory or not
+    assert await verifier.verify(token) == "alice"
+    clock.now = exp + 30
+    with pytest.raises(TokenExpired):
+        await verifier.verify(token)
+
+
+async def test_a_refused_token_is_refused_every_time() -> None:
+    verifier = TokenVerifier(make_settings("sqlite:///unused.db"), wall_clock=WallClock())
+    forged = jwt.encode({"sub": "alice", "exp": 2_000_000_000}, "x" * 32, algorithm="HS256")
+    for _ in range(3):
+        with pytest.raises(TokenInvalid, match="signature"):
+            await verifier.verify(forged)
+
+
+async def test_the_memory_of_verified_tokens_is_bounded() -> None:
+    clock = WallClock()
+    verifier = TokenVerifier(make_settings("sqlite:///unused.db"), wall_clock=clock)
+    first = jwt.encode({"sub": "user-0", "exp": 2_000_000_000}, SECRET, algorithm="HS256")
+    assert await verifier.verify(first) == "user-0"
+    for n in range(1, VERIFIED_TOKENS_KEPT + 10):
+        token = jwt.encode({"sub": f"user-{n}", "exp": 2_000_000_000}, SECRET, algorithm="HS256")
+        assert await verifier.verify(token) == f"user-{n}"
+    assert len(verifier._verified) == VERIFIED_TOKENS_KEPT
+    assert first not in verifier._verified  # the least recently used went first
+    assert await verifier.verify(first) == "user-0"  # and is simply verified again
+
+
+async def test_an_enormous_exp_is_remembered_for_a_minute_only() -> None:
+    clock = WallClock()
+    verifier = TokenVerifier(make_settings("sqlite:///unused.db"), wall_clock=clock)
+    token = jwt.encode({"sub": "alice", "exp": 10**400}, SECRET, algorithm="HS256")
+    assert await verifier.verify(token) == "alice"
+    assert verifier._verified[token].until == clock.now + VERIFIED_TOKEN_SECONDS

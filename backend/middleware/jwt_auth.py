@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, NamedTuple
 
 import jwt
@@ -41,6 +42,8 @@ from backend.models.task import CONTROL_CHARACTER, USER_ID_MAX
 logger = logging.getLogger("backend.auth")
 
 HS256 = "HS256"
+VERIFIED_TOKENS_KEPT = 4096  # the most recent tokens (a few MB at most) kept verified
+VERIFIED_TOKEN_SECONDS = 60.0
 MAX_TOKEN_BYTES = 8192  # Better Auth's tokens are well under 2 KiB; refuse before any parsing
 MAX_SHOWN = 100  # characters of a token's own value quoted back in a detail or a log line
 ACCEPTED_ALGORITHMS = ", ".join([HS256, *sorted(ASYMMETRIC_ALGORITHMS, key=str.lower)])
@@ -91,7 +94,12 @@ class TokenVerifier:
         *,
         clock: Clock | None = None,
         jwks_timeout: float = FETCH_TIMEOUT_SECONDS,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self._now = wall_clock
+        # Tokens verified lately, least recently used first. A client sends one token for many
+        # requests: its signature and claims are checked once, not on every request.
+        self._verified: dict[str, _Verified] = {}
         self._hs256_key = settings.hs256_secret
         self._leeway = settings.jwt_leeway_seconds
         self._jwks: JwksCache | None = None
@@ -120,6 +128,28 @@ class TokenVerifier:
     async def verify(self, token: str) -> str:
         """Return the token's user id (`sub`), or raise TokenInvalid / TokenExpired (401), or
         ServiceUnavailable (503) when the key can only be had from an unreachable JWKS."""
+        now = self._now()
+        known = self._verified.pop(token, None)
+        if known is not None and await self._still_valid(known, now):
+            self._verified[token] = known  # now the most recently used
+            return known.user_id
+        verified = await self._verify(token, now)
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            del self._verified[next(iter(self._verified))]  # the least recently used
+        self._verified[token] = verified
+        return verified.user_id
+
+    async def _still_valid(self, known: "_Verified", now: float) -> bool:
+        if now >= known.until:
+            return False
+        if known.kid is None:
+            return True
+        # A JWKS token only while its key is the one the JWKS cache holds; the lookup also
+        # starts the cache's refresh when it is due, as a full check would.
+        assert self._jwks is not None
+        return await self._jwks.key(known.kid, known.alg) is known.key
+
+    async def _verify(self, token: str, now: float) -> "_Verified":
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenInvalid("The bearer token is too large")
         if token.count(".") != 2:
@@ -132,6 +162,7 @@ class TokenVerifier:
         if not isinstance(alg, str) or not alg:
             raise TokenInvalid("The token's header names no signing algorithm (alg)")
         key: Any
+        key_id: str | None = None
         if alg == HS256:
             if self._hs256_key is None:
                 raise TokenInvalid(HS256_NOT_CONFIGURED)
@@ -146,6 +177,7 @@ class TokenVerifier:
             if not isinstance(kid, str) or not kid:
                 raise TokenInvalid("The token names no signing key (kid)")
             key, checks = await self._jwks.key(kid, alg), self._jwks_checks
+            key_id = kid
         else:
             raise TokenInvalid(
                 f"The token's signing algorithm {_shown(alg)} is not accepted "
@@ -157,7 +189,20 @@ class TokenVerifier:
             raise TokenInvalid("The bearer token's signature does not verify") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise TokenInvalid("The bearer token is malformed") from None
-        return _checked_subject(claims, checks, self._leeway)
+        user_id = _checked_subject(claims, checks, self._leeway, now)
+        # Kept until it expires (with the leeway), and at most a minute. (exp may be any JSON
+        # number: compared, never converted, it cannot overflow.)
+        limit = now + VERIFIED_TOKEN_SECONDS
+        until = limit if claims["exp"] >= limit else claims["exp"] + self._leeway
+        return _Verified(user_id, until, key_id, alg, key)
+
+
+class _Verified(NamedTuple):
+    user_id: str
+    until: float  # the answer holds until then
+    kid: str | None  # a JWKS key's id: the key must still be the cache's; None for HS256
+    alg: str
+    key: Any
 
 
 class _Expected(NamedTuple):
@@ -170,7 +215,7 @@ class _Checks(NamedTuple):
     audience: _Expected
 
 
-def _checked_subject(claims: dict[str, Any], checks: _Checks, leeway: float) -> str:
+def _checked_subject(claims: dict[str, Any], checks: _Checks, leeway: float, now: float) -> str:
     """The signature is valid: check the claims, each refusal naming the claim at fault."""
     for name, message in _MISSING.items():
         if claims.get(name) is None:
@@ -187,7 +232,6 @@ def _checked_subject(claims: dict[str, Any], checks: _Checks, leeway: float) -> 
                 f"The token's {name} claim must be a number (seconds since 1970-01-01 UTC), "
                 f"not {_json_type(claims[name])}"
             )
-    now = time.time()
     if claims["exp"] <= now - leeway:
         raise TokenExpired()
     if claims.get("nbf", now) > now + leeway:
