@@ -15,7 +15,7 @@ from backend import db
 from backend.config import Settings, with_development_secret
 from backend.errors import Cors, PayloadTooLarge, UnexpectedErrors, install_error_handlers
 from backend.metrics import Metrics
-from backend.middleware.jwt_auth import TokenVerifier
+from backend.middleware.jwt_auth import BEARER_SCHEME, TokenVerifier
 from backend.middleware.rate_limit import RateLimiter
 from backend.middleware.requests import RequestContext
 from backend.routes import health, tasks
@@ -125,13 +125,18 @@ TAGS = [
 
 
 def _finish_document(schema: dict[str, Any]) -> dict[str, Any]:
-    """What FastAPI cannot say per route: every response carries X-Request-ID, and every
-    successful answer under /api/ the user's RateLimit-* headers. An optional query or header
+    """What FastAPI cannot say per route: every route under /api/ needs the bearer token, every
+    response carries X-Request-ID, and every successful answer under /api/ the user's
+    RateLimit-* headers. An optional query or header
     parameter is left out, never sent as null (a header or query value is text): FastAPI
     documents `str | None` as "a string or null", so a client generator or fuzzer would send
     the text "null". Such a parameter is documented as the string alone."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schema["components"]["securitySchemes"]["HTTPBearer"] = BEARER_SCHEME
     for path, operations in schema.get("paths", {}).items():
         for operation in operations.values():
+            if path.startswith("/api/"):
+                operation["security"] = [{"HTTPBearer": []}]
             for status, response in operation.get("responses", {}).items():
                 headers = response.setdefault("headers", {})
                 if path.startswith("/api/") and status.startswith("2"):

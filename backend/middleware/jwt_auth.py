@@ -9,8 +9,8 @@ Flow for every route under /api/{user_id}/…:
      - a token that fails verification            → 401 TOKEN_INVALID / TOKEN_EXPIRED
      - the token's `sub` ≠ the path's `{user_id}` → 403 FORBIDDEN
      Every refusal is logged at INFO on "backend.auth" with its reason; the token never is.
-  2. `CurrentUser` hands the verified user id to the handler, and documents the bearer scheme
-     in OpenAPI (the Authorize button of /docs).
+  2. `CurrentUser` hands the verified user id to the handler; BEARER_SCHEME is what the OpenAPI
+     document says of it (the Authorize button of /docs).
 
 Tokens (see TokenVerifier): HS256 signed with BETTER_AUTH_SECRET, or Better Auth's jwt-plugin
 tokens verified with its JWKS (middleware/jwks.py). The signature first, then the claims:
@@ -27,7 +27,6 @@ from typing import Annotated, Any, NamedTuple
 
 import jwt
 from fastapi import Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from backend.config import Settings
 from backend.errors import AppError, AuthError, AuthRequired, Forbidden, TokenExpired, TokenInvalid
@@ -75,11 +74,15 @@ _MISSING = {
 }
 _JSON_TYPES = {str: "a string", bool: "a boolean", list: "an array", dict: "an object"}
 
-bearer_scheme = HTTPBearer(
-    auto_error=False,
-    bearerFormat="JWT",
-    description="A Better Auth JWT whose `sub` is the user id in the path.",
-)
+# The bearer scheme, as the OpenAPI document states it (main.py puts it on every /api route):
+# declared there rather than as FastAPI's HTTPBearer dependency, which would parse the header a
+# second time on every request after authenticate() has.
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "A Better Auth JWT whose `sub` is the user id in the path.",
+}
 
 
 class TokenVerifier:
@@ -353,7 +356,6 @@ async def _bearer_user(request: Request) -> str:
 async def _current_user(
     request: Request,
     user_id: Annotated[str, Path(description="The user id; must equal the token's `sub`.")],
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> str:
     verified: str = request.state.user_id  # set by authenticate(), which ran first
     assert verified == user_id
