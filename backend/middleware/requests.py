@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 
+from fastapi.routing import APIRoute
 from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -80,7 +81,12 @@ class RequestContext:
             await self.app(scope, receive, send_with_headers)
         finally:
             seconds = time.perf_counter() - started
-            route = route_template(self.routes, scope)
+            # The route the router chose (it leaves it in the scope); only a request no route
+            # took (404, 405) or a copied scope (a trailing slash) is matched again here.
+            chosen = scope.get("route")
+            route = (
+                chosen.path if isinstance(chosen, APIRoute) else route_template(self.routes, scope)
+            )
             method = scope["method"]
             self.metrics.observe(method=method, route=route, status=status, seconds=seconds)
             level = logging.DEBUG if scope["path"] in _QUIET_PATHS else logging.INFO
