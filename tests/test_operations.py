@@ -3,6 +3,7 @@ response carries, logs that never hold a secret, repeated failures counted, and 
 that ENV=production refuses."""
 
 import asyncio
+import gc
 import io
 import json
 import logging
@@ -30,6 +31,7 @@ from backend.logs import (
     TextFormatter,
     logging_config,
 )
+from backend.main import create_app
 from backend.services.health import head_revision
 from tests.conftest import (
     SECRET,
@@ -551,3 +553,16 @@ def test_the_cli_migrates_a_safe_production_configuration(tmp_path: Path) -> Non
     result = taskapi_without_secret("migrate", tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "t.db").exists()
+
+
+async def test_while_serving_start_up_objects_are_out_of_the_collectors_sight(
+    tmp_path: Path,
+) -> None:
+    app = create_app(make_settings(f"sqlite:///{tmp_path / 'tasks.db'}"))
+    threshold = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() > frozen  # the app and everything built so far
+        assert gc.get_threshold()[0] > threshold[0]  # young objects collected less often
+    assert gc.get_threshold() == threshold
+    assert gc.get_freeze_count() == 0  # all collectable again once it stopped
