@@ -12,6 +12,11 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from backend.errors import flat_routes
+from backend.main import create_app
+from backend.routes import tasks as task_routes
+from tests.conftest import make_settings
+
 Auth = Callable[..., dict[str, str]]
 Task = dict[str, Any]
 
@@ -302,3 +307,15 @@ async def test_user_id_with_url_special_characters(
     # Another user is still forbidden from this path, and this user from alice's.
     assert_error(await client.get(base, headers=auth("alice")), 403, "FORBIDDEN")
     assert_error(await client.get("/api/alice/tasks", headers=headers), 403, "FORBIDDEN")
+
+
+def test_every_route_of_a_user_authenticates_before_anything_else() -> None:
+    # A handler's `user_id: CurrentUser` is the path's user id, verified by TaskRoute (which
+    # compares it with the token's sub before the handler runs); a route of a user's path of
+    # any other kind would trust the path alone.
+    app = create_app(make_settings("sqlite:///unused.db"))
+    routes = flat_routes(app.router.routes)
+    user_routes = [route for route in routes if "{user_id}" in getattr(route, "path", "")]
+    assert len(user_routes) >= 10
+    for route in user_routes:
+        assert isinstance(route, task_routes.TaskRoute), getattr(route, "path", route)

@@ -9,8 +9,9 @@ Flow for every route under /api/{user_id}/…:
      - a token that fails verification            → 401 TOKEN_INVALID / TOKEN_EXPIRED
      - the token's `sub` ≠ the path's `{user_id}` → 403 FORBIDDEN
      Every refusal is logged at INFO on "backend.auth" with its reason; the token never is.
-  2. `CurrentUser` hands the verified user id to the handler; BEARER_SCHEME is what the OpenAPI
-     document says of it (the Authorize button of /docs).
+  2. `CurrentUser` is the handler's verified user id (the path's, once authenticate() has
+     compared it); BEARER_SCHEME is what the OpenAPI document says of the token (the
+     Authorize button of /docs).
 
 Tokens (see TokenVerifier): HS256 signed with BETTER_AUTH_SECRET, or Better Auth's jwt-plugin
 tokens verified with its JWKS (middleware/jwks.py). The signature first, then the claims:
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, NamedTuple
 
 import jwt
-from fastapi import Depends, Path, Request
+from fastapi import Path, Request
 
 from backend.config import Settings
 from backend.errors import AppError, AuthError, AuthRequired, Forbidden, TokenExpired, TokenInvalid
@@ -353,13 +354,8 @@ async def _bearer_user(request: Request) -> str:
     return await verifier.verify(token)
 
 
-async def _current_user(
-    request: Request,
-    user_id: Annotated[str, Path(description="The user id; must equal the token's `sub`.")],
-) -> str:
-    verified: str = request.state.user_id  # set by authenticate(), which ran first
-    assert verified == user_id
-    return verified
-
-
-CurrentUser = Annotated[str, Depends(_current_user)]
+# The path's user id, which authenticate() (run by the route before anything else, see
+# routes/tasks.py) has found equal to the token's `sub`: a handler's `user_id: CurrentUser` is
+# the verified user. A path parameter rather than a dependency, which would be solved again on
+# every request; tests/test_isolation.py checks that every route taking it authenticates first.
+CurrentUser = Annotated[str, Path(description="The user id; must equal the token's `sub`.")]

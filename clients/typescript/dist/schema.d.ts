@@ -1300,10 +1300,10 @@ export interface operations {
                 "If-None-Match"?: string;
             };
             path: {
-                /** @description The task's id */
-                task_id: number;
                 /** @description The user id; must equal the token's `sub`. */
                 user_id: string;
+                /** @description The task's id */
+                task_id: number;
             };
             cookie?: never;
         };
@@ -1451,10 +1451,10 @@ export interface operations {
                 "If-Match"?: string;
             };
             path: {
-                /** @description The task's id */
-                task_id: number;
                 /** @description The user id; must equal the token's `sub`. */
                 user_id: string;
+                /** @description The task's id */
+                task_id: number;
             };
             cookie?: never;
         };
@@ -1641,10 +1641,10 @@ export interface operations {
                 "If-Match"?: string;
             };
             path: {
-                /** @description The task's id */
-                task_id: number;
                 /** @description The user id; must equal the token's `sub`. */
                 user_id: string;
+                /** @description The task's id */
+                task_id: number;
             };
             cookie?: never;
         };
@@ -1794,10 +1794,10 @@ export interface operations {
                 "If-Match"?: string;
             };
             path: {
-                /** @description The task's id */
-                task_id: number;
                 /** @description The user id; must equal the token's `sub`. */
                 user_id: string;
+                /** @description The task's id */
+                task_id: number;
             };
             cookie?: never;
         };
@@ -1986,10 +1986,10 @@ export interface operations {
                 "Idempotency-Key"?: string;
             };
             path: {
-                /** @description The task's id */
-                task_id: number;
                 /** @description The user id; must equal the token's `sub`. */
                 user_id: string;
+                /** @description The task's id */
+                task_id: number;
             };
             cookie?: never;
         };

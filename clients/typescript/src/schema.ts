@@ -1301,10 +1301,10 @@ export interface operations {
                 "If-None-Match"?: string;
             };
             path: {
-                /** @description The task's id */
-                task_id: number;
                 /** @description The user id; must equal the token's `sub`. */
                 user_id: string;
+                /** @description The task's id */
+                task_id: number;
             };
             cookie?: never;
         };
@@ -1452,10 +1452,10 @@ export interface operations {
                 "If-Match"?: string;
             };
             path: {
-                /** @description The task's id */
-                task_id: number;
                 /** @description The user id; must equal the token's `sub`. */
                 user_id: string;
+                /** @description The task's id */
+                task_id: number;
             };
             cookie?: never;
         };
@@ -1642,10 +1642,10 @@ export interface operations {
                 "If-Match"?: string;
             };
             path: {
-                /** @description The task's id */
-                task_id: number;
                 /** @description The user id; must equal the token's `sub`. */
                 user_id: string;
+                /** @description The task's id */
+                task_id: number;
             };
             cookie?: never;
         };
@@ -1795,10 +1795,10 @@ export interface operations {
                 "If-Match"?: string;
             };
             path: {
-                /** @description The task's id */
-                task_id: number;
                 /** @description The user id; must equal the token's `sub`. */
                 user_id: string;
+                /** @description The task's id */
+                task_id: number;
             };
             cookie?: never;
         };
@@ -1987,10 +1987,10 @@ export interface operations {
                 "Idempotency-Key"?: string;
             };
             path: {
-                /** @description The task's id */
-                task_id: number;
                 /** @description The user id; must equal the token's `sub`. */
                 user_id: string;
+                /** @description The task's id */
+                task_id: number;
             };
             cookie?: never;
         };
