@@ -9,6 +9,7 @@ KEY_HOURS is free again, and `purge` drops such keys.
 """
 
 import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,9 +45,14 @@ class Outcome:
 def request_hash(method: str, path: str, body: Any) -> str:
     """What makes two requests the same: method, path, and the body's JSON value (key order and
     spacing aside)."""
-    return hashlib.sha256(
-        orjson.dumps([method, path, body], option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()
+    value = [method, path, body]
+    try:
+        canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # What orjson will not write but a JSON body may hold (and a body's unknown fields are
+        # ignored, not refused): integers beyond 64 bits, lone surrogates in strings.
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 async def once(
