@@ -20,6 +20,7 @@ from backend.middleware.jwt_auth import BEARER_SCHEME, TokenVerifier
 from backend.middleware.rate_limit import RateLimiter
 from backend.middleware.requests import RequestContext
 from backend.routes import health, tasks
+from backend.schemas.error import HEADERS
 from backend.services import idempotency
 from backend.services import tasks as task_service
 from backend.services.events import ChangeHub
@@ -127,12 +128,7 @@ _REQUEST_ID_HEADER = {
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
 }
 _RATE_LIMIT_HEADERS = {
-    name: {"description": f"{description} (when RATE_LIMIT is on)", "schema": schema}
-    for name, description, schema in (
-        ("RateLimit-Limit", "Requests a minute allowed", {"type": "integer", "minimum": 1}),
-        ("RateLimit-Remaining", "Requests left in this window", {"type": "integer", "minimum": 0}),
-        ("RateLimit-Reset", "Seconds until the window closes", {"type": "integer", "minimum": 0}),
-    )
+    name: HEADERS[name] for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 }
 TAGS = [
     {"name": "tasks", "description": "A user's tasks: every route needs the user's token."},

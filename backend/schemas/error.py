@@ -56,7 +56,7 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "integer", "minimum": 1},
     },
     "RateLimit-Limit": {
-        "description": "Requests a minute allowed (RATE_LIMIT)",
+        "description": "Requests a minute allowed (RATE_LIMIT; sent while it is on)",
         "schema": {"type": "integer", "minimum": 1},
     },
     "RateLimit-Remaining": {

@@ -598,11 +598,11 @@ export interface operations {
                     Link?: string;
                     /** @description Where the change feed (`…/tasks/changes?since=`) takes over from this list */
                     "X-Sync-Token"?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -665,7 +665,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -733,11 +733,11 @@ export interface operations {
                     "Idempotent-Replayed"?: "true";
                     /** @description `/api/{user_id}/tasks/{id}` */
                     Location?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -844,7 +844,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -902,11 +902,11 @@ export interface operations {
             /** @description How many tasks were removed */
             200: {
                 headers: {
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -969,7 +969,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1028,11 +1028,11 @@ export interface operations {
             /** @description The changes after `since` */
             200: {
                 headers: {
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1106,7 +1106,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1167,11 +1167,11 @@ export interface operations {
             /** @description The event stream */
             200: {
                 headers: {
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1252,7 +1252,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1314,11 +1314,11 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1403,7 +1403,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1469,11 +1469,11 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1593,7 +1593,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1655,11 +1655,11 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1746,7 +1746,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1812,11 +1812,11 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1936,7 +1936,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -2006,11 +2006,11 @@ export interface operations {
                     ETag?: string;
                     /** @description `true` on the repeat of a request with an Idempotency-Key */
                     "Idempotent-Replayed"?: "true";
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -2130,7 +2130,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;

@@ -599,11 +599,11 @@ export interface operations {
                     Link?: string;
                     /** @description Where the change feed (`…/tasks/changes?since=`) takes over from this list */
                     "X-Sync-Token"?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -666,7 +666,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -734,11 +734,11 @@ export interface operations {
                     "Idempotent-Replayed"?: "true";
                     /** @description `/api/{user_id}/tasks/{id}` */
                     Location?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -845,7 +845,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -903,11 +903,11 @@ export interface operations {
             /** @description How many tasks were removed */
             200: {
                 headers: {
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -970,7 +970,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1029,11 +1029,11 @@ export interface operations {
             /** @description The changes after `since` */
             200: {
                 headers: {
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1107,7 +1107,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1168,11 +1168,11 @@ export interface operations {
             /** @description The event stream */
             200: {
                 headers: {
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1253,7 +1253,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1315,11 +1315,11 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1404,7 +1404,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1470,11 +1470,11 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1594,7 +1594,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1656,11 +1656,11 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1747,7 +1747,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -1813,11 +1813,11 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -1937,7 +1937,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
@@ -2007,11 +2007,11 @@ export interface operations {
                     ETag?: string;
                     /** @description `true` on the repeat of a request with an Idempotency-Key */
                     "Idempotent-Replayed"?: "true";
-                    /** @description Requests a minute allowed (when RATE_LIMIT is on) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
-                    /** @description Requests left in this window (when RATE_LIMIT is on) */
+                    /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
-                    /** @description Seconds until the window closes (when RATE_LIMIT is on) */
+                    /** @description Seconds until the window closes */
                     "RateLimit-Reset"?: number;
                     /** @description The request's id: the one sent, when sane, or a new one; every log line of the request carries it */
                     "X-Request-ID"?: string;
@@ -2131,7 +2131,7 @@ export interface operations {
                 headers: {
                     /** @description Seconds to wait before retrying */
                     "Retry-After"?: number;
-                    /** @description Requests a minute allowed (RATE_LIMIT) */
+                    /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
                     "RateLimit-Remaining"?: number;
