@@ -76,7 +76,8 @@ def _is_json(content_type: str | None) -> bool:
 class TaskRoute(APIRoute):
     """Runs the checks in the contract's order: authentication and the owner check first, then
     the user's rate limit (RateLimit-* headers on the answer), then the body (size, content
-    type, JSON syntax), and only then FastAPI's own validation."""
+    type, JSON syntax), and only then FastAPI's own validation. It also holds the request's
+    database connection (`Conn`) around the handler, when the handler takes one."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
