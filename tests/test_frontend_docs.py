@@ -15,20 +15,14 @@ replaced by a stand-in asking the real Better Auth server for the session, and a
 
 import os
 import re
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from backend.config import Settings
-from tests.conftest import free_port, stop_process
 from tests.test_interop_better_auth import SERVER_DIR, running_better_auth
+from tests.test_live_races import taskapi_serve
 from tests.test_typescript_client import CLIENT, ROOT, run, tools, tsc
 
 GUIDE = ROOT / "docs" / "frontend.md"
@@ -96,51 +90,6 @@ def test_the_api_settings_load(tmp_path: Path) -> None:
     assert set(re.findall(r"process\.env\.(\w+)", code)) <= set(app)
 
 
-@contextmanager
-def serving_api(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
-    """`taskapi serve` (migrating a new SQLite file) with these settings, on a free port."""
-    port = free_port()
-    log_path = tmp_path / "api.log"
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("BETTER_AUTH", "JWT_"))}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "backend.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=ROOT,
-            env={
-                **base_env,
-                **env,
-                "DATABASE_URL": f"sqlite:///{tmp_path / 'tasks.db'}",
-                "DATA_DIR": str(tmp_path),
-                "RATE_LIMIT": "0",
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the API did not start: {log_path.read_text()}")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(process)
-
-
 def test_the_guide_compiles_and_runs(tmp_path: Path) -> None:
     node, _ = tools()
     if not (SERVER_DIR / "node_modules" / "better-auth").is_dir():
@@ -178,11 +127,12 @@ def test_the_guide_compiles_and_runs(tmp_path: Path) -> None:
     with running_better_auth(tmp_path, "EdDSA", secret=secret) as better_auth:
         api_env = {**jwks, **shared}
         api_env = {k: v.replace(APP_ORIGIN, better_auth.origin) for k, v in api_env.items()}
-        with serving_api(tmp_path, api_env) as api_url:
+        database = f"sqlite:///{tmp_path / 'tasks.db'}"
+        with taskapi_serve(database, tmp_path, settings=api_env) as served:
             env = {
                 **app_env(),
                 "NEXT_PUBLIC_APP_URL": better_auth.origin,
-                "NEXT_PUBLIC_TASKS_API_URL": api_url,
+                "NEXT_PUBLIC_TASKS_API_URL": served.base_url,
             }
             output = run(
                 node,

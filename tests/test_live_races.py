@@ -75,11 +75,16 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def taskapi_serve(
-    database_url: str, folder: Path, *, workers: int = 1, **env: str
+    database_url: str,
+    folder: Path,
+    *,
+    workers: int = 1,
+    settings: dict[str, str] | None = None,
+    **env: str,
 ) -> Iterator[Served]:
     """`taskapi serve --workers N` on a free loopback port with this database (migrated first,
-    as the command does unless MIGRATE_ON_START=false); `env` adds settings (names as in the
-    environment). Yields once every worker has started its application."""
+    as the command does unless MIGRATE_ON_START=false); `settings` and `env` add settings
+    (names as in the environment). Yields once every worker has started its application."""
     port = free_port()
     log = folder / "server.log"
     command = [TASKAPI, "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -98,6 +103,7 @@ def taskapi_serve(
                 "RATE_LIMIT": "0",
                 # This checkout's code, whichever checkout the venv was installed from.
                 "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+                **(settings or {}),
                 **env,
             },
             cwd=folder,  # no .env here

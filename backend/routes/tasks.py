@@ -500,12 +500,9 @@ async def stream_events(
         tasks.parse_sync_token(since, field="since")
     if last_event_id is not None:
         tasks.parse_sync_token(last_event_id, field="Last-Event-ID")
-    token = last_event_id or since
+    # An expired or foreign token is refused before the stream starts.
     async with database.connect() as conn:
-        if token is None:
-            token = await tasks.current_sync_token(conn, user_id=user_id)
-        else:  # an expired or foreign token is refused before the stream starts
-            await tasks.changes(conn, user_id=user_id, since=token, limit=1)
+        token = await tasks.start_token(conn, user_id=user_id, since=last_event_id or since)
 
     async def events() -> AsyncIterator[bytes]:
         since = token
@@ -651,15 +648,8 @@ async def replace_task(
     data: TaskReplace,
     if_match: IfMatch = None,
 ) -> Response:
-    task = await tasks.update_task(
-        conn,
-        user_id=user_id,
-        task_id=task_id,
-        data=data,
-        if_match=_versions(if_match, weak=False),
-    )
-    hub.written(user_id)
-    return _render_task(task)
+    # The same update as PATCH; only what the body must hold (the title) differs.
+    return await update_task(user_id, conn, hub, task_id, data, if_match)
 
 
 @router.patch(

@@ -788,9 +788,23 @@ def parse_sync_token(token: str, *, field: str = "since") -> int:
     return int(token)
 
 
-async def current_sync_token(conn: AsyncConnection, *, user_id: str) -> str:
+async def _sync_bounds(conn: AsyncConnection, user_id: str, after: int | None) -> int:
+    """The user's latest change; raises SyncTokenExpired when a token `after` can no longer be
+    served: deletions after it were forgotten, or it is beyond the user's latest change (a token
+    of another user's, or of a restored database)."""
     state = (await conn.execute(_STATE, {"user_id": user_id})).first()
-    return str(0 if state is None else state.seq)
+    latest, purged = (0, 0) if state is None else (state.seq, state.purged_seq)
+    if after is not None and not purged <= after <= latest:
+        raise SyncTokenExpired()
+    return int(latest)
+
+
+async def start_token(conn: AsyncConnection, *, user_id: str, since: str | None) -> str:
+    """Where a follower of the changes starts: `since` once it is known to be servable, or the
+    user's latest change without it."""
+    after = None if since is None else parse_sync_token(since)
+    latest = await _sync_bounds(conn, user_id, after)
+    return str(latest) if since is None else since
 
 
 async def changes(conn: AsyncConnection, *, user_id: str, since: str | None, limit: int) -> Changes:
@@ -799,10 +813,7 @@ async def changes(conn: AsyncConnection, *, user_id: str, since: str | None, lim
     next token names covers exactly what was read."""
     after = None if since is None else parse_sync_token(since)
     async with db.snapshot(conn):
-        state = (await conn.execute(_STATE, {"user_id": user_id})).first()
-        latest, purged = (0, 0) if state is None else (state.seq, state.purged_seq)
-        if after is not None and not purged <= after <= latest:
-            raise SyncTokenExpired()
+        latest = await _sync_bounds(conn, user_id, after)
         params = {"user_id": user_id, "since": after, "limit": limit + 1}
         statement = _EVERYTHING if after is None else _CHANGES_SINCE
         rows = (await conn.execute(statement, params)).mappings().all()
