@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
@@ -18,7 +19,9 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import MISSING, BeforeValidator
+from pydantic_core import PydanticUndefined as Undefined
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.types import Receive, Scope, Send
 
 from backend.db import DatabaseUnavailable
 from backend.errors import (
@@ -41,8 +44,9 @@ from backend.errors import (
     ValidationFailed,
 )
 from backend.middleware.jwt_auth import CurrentUser, authenticate
-from backend.middleware.rate_limit import RateLimiter
+from backend.middleware.rate_limit import Quota, RateLimiter
 from backend.models.sync import IDEMPOTENCY_KEY_MAX
+from backend.routes.binding import Binder
 from backend.schemas.error import PreconditionFailedBody, documented
 from backend.schemas.task import (
     EXAMPLE_TASK,
@@ -76,43 +80,86 @@ def _is_json(content_type: str | None) -> bool:
 class TaskRoute(APIRoute):
     """Runs the checks in the contract's order: authentication and the owner check first, then
     the user's rate limit (RateLimit-* headers on the answer), then the body (size, content
-    type, JSON syntax), and only then FastAPI's own validation. It also holds the request's
-    database connection (`Conn`) around the handler, when the handler takes one."""
+    type, JSON syntax), and only then the parameters' validation. It also holds the request's
+    database connection (`Conn`) around the handler, when the handler takes one.
+
+    A route whose parameters a `Binder` can bind is served below FastAPI's request handling:
+    the binder validates the parameters with their own validators and the handler is called
+    directly. A request the binder leaves alone (an invalid value) goes through FastAPI's
+    handler, which answers with its 422 as always."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self._reads_body = self.body_field is not None
+        self._uses_connection = any(d.call is _connection for d in self.dependant.dependencies)
+        self.binder = Binder.for_dependant(self.dependant, _PROVIDED)
+        if self.binder is not None:
+            self.app = self._serve
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        reads_body = self.body_field is not None
-        uses_connection = any(d.call is _connection for d in self.dependant.dependencies)
+        self._solve = handler = super().get_route_handler()  # FastAPI's: solves, then calls
 
         async def app(request: Request) -> Response:
-            user_id = await authenticate(request)
-            limiter: RateLimiter = request.app.state.rate_limiter
-            quota = await limiter.hit(user_id)
-            if quota is not None and not quota.allowed:
-                raise RateLimited(limit=quota.limit, retry_after=quota.reset)
-            if reads_body and await request.body():
-                if not _is_json(request.headers.get("content-type")):
-                    raise UnsupportedMediaType()
-                try:
-                    await request.json()  # parsed once; FastAPI reuses the cached value
-                # JSONDecodeError, bytes that are not UTF-8, or nesting deeper than the parser's
-                # recursion limit (a 1 KB body of "[[[[…" must be a 400, not a 500).
-                except (ValueError, RecursionError):
-                    raise MalformedJSON() from None
-            if uses_connection:
-                # The request's connection, for the handler's `conn: Conn` (opened here, not by
-                # a yield dependency, whose exit stack and cancel scopes cost more than the
-                # checkout); back in the pool once the handler has rendered its response.
+            quota = await self._check(request)
+            if self._uses_connection:
                 async with request.app.state.db.connect() as conn:
                     request.scope[_CONNECTION] = conn
                     response = await handler(request)
             else:
                 response = await handler(request)
-            if quota is not None:
-                response.headers.update(quota.headers())
-            return response
+            return _with_quota(response, quota)
 
         return app
+
+    async def _check(self, request: Request) -> Quota | None:
+        """Authentication, the owner, the rate limit, then the body's size, type and syntax."""
+        user_id = await authenticate(request)
+        limiter: RateLimiter = request.app.state.rate_limiter
+        quota = await limiter.hit(user_id)
+        if quota is not None and not quota.allowed:
+            raise RateLimited(limit=quota.limit, retry_after=quota.reset)
+        if self._reads_body and await request.body():
+            if not _is_json(request.headers.get("content-type")):
+                raise UnsupportedMediaType()
+            try:
+                await request.json()  # parsed once; the binder or FastAPI reuses it
+            # JSONDecodeError, bytes that are not UTF-8, or nesting deeper than the parser's
+            # recursion limit (a 1 KB body of "[[[[…" must be a 400, not a 500).
+            except (ValueError, RecursionError):
+                raise MalformedJSON() from None
+        return quota
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        quota = await self._check(request)
+        body = await request.json() if self._reads_body and await request.body() else Undefined
+        if self._uses_connection:
+            # The request's connection, for the handler's `conn: Conn` (opened here, not by a
+            # yield dependency, whose exit stack and cancel scopes cost more than the checkout);
+            # back in the pool once the handler has rendered its response.
+            async with request.app.state.db.connect() as conn:
+                scope[_CONNECTION] = conn
+                response = await self._call(request, body)
+        else:
+            response = await self._call(request, body)
+        await _with_quota(response, quota)(scope, receive, send)
+
+    async def _call(self, request: Request, body: Any) -> Response:
+        assert self.binder is not None
+        arguments = self.binder.bind(request, body)
+        if arguments is None:  # FastAPI validates, and answers 422
+            async with AsyncExitStack() as stack:
+                request.scope["fastapi_inner_astack"] = stack
+                request.scope["fastapi_function_astack"] = stack
+                return await self._solve(request)
+        response: Response = await self.endpoint(**arguments)
+        return response
+
+
+def _with_quota(response: Response, quota: Quota | None) -> Response:
+    if quota is not None:
+        response.headers.update(quota.headers())
+    return response
 
 
 _CONNECTION = "taskapi.connection"
@@ -134,6 +181,13 @@ def _digits_only(value: object) -> object:
 def _hub(request: Request) -> ChangeHub:
     hub: ChangeHub = request.app.state.changes
     return hub
+
+
+# What TaskRoute's binder gives the handlers' dependencies, without calling them.
+_PROVIDED: dict[Callable[..., Any], Callable[[Request], Any]] = {
+    _connection: lambda request: request.scope[_CONNECTION],
+    _hub: _hub,
+}
 
 
 Conn = Annotated[AsyncConnection, Depends(_connection)]
