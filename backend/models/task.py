@@ -65,6 +65,16 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value  # type: ignore[no-any-return]
 
+    # PostgreSQL's driver sends and returns aware datetimes as they are: no processing per value
+    # (a list of 20 tasks has 100 datetimes).
+    def bind_processor(self, dialect: Dialect) -> Any:
+        return None if dialect.name == "postgresql" else super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name == "postgresql":
+            return None
+        return super().result_processor(dialect, coltype)
+
 
 class Priority(TypeDecorator[str]):
     """ "low" / "medium" / "high" in the API, 1 / 2 / 3 in the table."""
