@@ -211,7 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.verifier = TokenVerifier(settings)
     app.state.changes = ChangeHub(settings)
     app.state.rate_limiter = RateLimiter(settings)
-    app.state.metrics = Metrics(app.state.db.engine)
+    app.state.metrics = Metrics(app.state.db)
     install_error_handlers(app)
     # The routers' routes are the app's own: FastAPI would wrap each included router in one more
     # layer that matches every request twice (about 70 µs a request, measured).

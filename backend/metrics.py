@@ -1,6 +1,6 @@
 """Prometheus metrics, one registry per app (so that apps built side by side, as in the tests,
 count apart): requests and their latency by method, route template and status, and the
-database pool, read from SQLAlchemy's pool whenever /metrics is scraped.
+database pool, read whenever /metrics is scraped.
 
 Every label has a bounded set of values: the route is a template of this app or `<unmatched>`,
 the method one of the HTTP methods the app knows or `OTHER`, and the status a number."""
@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backend.db import Database
 
 UNMATCHED = "<unmatched>"
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
@@ -18,13 +19,17 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class PoolCollector(Collector):
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     def collect(self) -> Iterator[Metric]:
-        pool = self.engine.pool
+        yield GaugeMetricFamily(
+            "db_pool_connections_in_use",
+            "Database connections serving a request now",
+            value=float(self.database.in_use),
+        )
+        pool = self.database.engine.pool
         values = {
-            "db_pool_connections_in_use": ("Database connections checked out now", "checkedout"),
             "db_pool_size": ("Connections the pool keeps open", "size"),
             "db_pool_overflow": (
                 "Connections open beyond the pool size (negative: not yet opened)",
@@ -38,7 +43,7 @@ class PoolCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, database: Database) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("method", "route", "status")
         self.requests = Counter(
@@ -51,7 +56,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(PoolCollector(engine))
+        self.registry.register(PoolCollector(database))
 
     def observe(self, *, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "OTHER"
