@@ -214,8 +214,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(app.state.db)
     install_error_handlers(app)
     # The routers' routes are the app's own: FastAPI would wrap each included router in one more
-    # layer that matches every request twice (about 70 µs a request, measured).
-    app.router.routes.extend([*tasks.router.routes, *health.router.routes])
+    # layer that matches every request twice (about 70 µs a request, measured). They go first:
+    # the router tries routes in order, and the docs' five need not be tried for every request.
+    app.router.routes[:0] = [*tasks.router.routes, *health.router.routes]
     # Listed innermost first: CORS wraps everything the app answers, errors included, and
     # RequestContext wraps CORS (Starlette's own 500 handler stays outermost, but it never
     # answers: UnexpectedErrors has answered first).

@@ -158,7 +158,8 @@ class TaskRoute(APIRoute):
 
 def _with_quota(response: Response, quota: Quota | None) -> Response:
     if quota is not None:
-        response.headers.update(quota.headers())
+        # Appended as they are: a handler never sets RateLimit-* itself.
+        response.raw_headers.extend(quota.raw_headers())
     return response
 
 
