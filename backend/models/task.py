@@ -73,7 +73,16 @@ class UTCDateTime(TypeDecorator[datetime]):
     def result_processor(self, dialect: Dialect, coltype: object) -> Any:
         if dialect.name == "postgresql":
             return None
+        if dialect.name == "sqlite":
+            return _sqlite_utc  # one call per value instead of three (a list of 20 has 100)
         return super().result_processor(dialect, coltype)
+
+
+def _sqlite_utc(value: Any) -> datetime | None:
+    """SQLite's text (`2026-11-26 12:00:00.000000`, naive UTC, as SQLAlchemy writes it), aware."""
+    if value is None:
+        return None
+    return datetime.fromisoformat(value + "+00:00")  # twice as fast as .replace(tzinfo=UTC)
 
 
 class Priority(TypeDecorator[str]):
