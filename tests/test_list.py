@@ -1119,3 +1119,44 @@ async def test_clear_another_users_tasks_is_403_and_removes_nothing(
     assert response.json()["code"] == "FORBIDDEN"
     assert await listed(client, auth, {}) == as_json(ordered(to_clear["alice"], "-created_at"))
     assert await listed(client, auth, {}, "bob") == as_json(ordered(to_clear["bob"], "-created_at"))
+
+
+async def test_the_whole_lists_total_is_the_kept_count_and_follows_every_change(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    # Without a filter the total is the count the database keeps for the user (sync_state);
+    # with one that matches every task it is counted: both must agree after any change.
+    async def totals() -> tuple[int, int, int]:
+        whole = await client.get("/api/alice/tasks", headers=auth("alice"))
+        counted = await client.get(
+            "/api/alice/tasks?priority=low,medium,high&limit=1", headers=auth("alice")
+        )
+        return (
+            int(whole.headers["x-total-count"]),
+            int(counted.headers["x-total-count"]),
+            len(assert_json(whole)),
+        )
+
+    assert await totals() == (0, 0, 0)
+    first = await create(client, auth, {"title": "a"})
+    await create(client, auth, {"title": "b", "completed": True})
+    recurring = await create(
+        client,
+        auth,
+        {"title": "c", "due_at": "2026-12-01T09:00:00Z", "recurrence": {"frequency": "daily"}},
+    )
+    assert await totals() == (3, 3, 3)
+    completed = await client.patch(
+        f"/api/alice/tasks/{recurring['id']}/complete", headers=auth("alice")
+    )
+    assert_json(completed)  # and its next occurrence is created
+    assert await totals() == (4, 4, 4)
+    assert_json(await client.delete(f"/api/alice/tasks/{first['id']}", headers=auth("alice")))
+    assert await totals() == (3, 3, 3)
+    cleared = await client.delete("/api/alice/tasks?status=completed", headers=auth("alice"))
+    assert assert_json(cleared) == {"deleted": 2}
+    assert await totals() == (1, 1, 1)
+    await create(client, auth, {"title": "d"}, user="bob")  # another user's task counts for bob
+    assert await totals() == (1, 1, 1)
+    assert_json(await client.delete("/api/alice/tasks?status=all", headers=auth("alice")))
+    assert await totals() == (0, 0, 0)

@@ -550,6 +550,20 @@ class _Shape:
     cursor: bool
 
 
+_UNFILTERED = _Shape(
+    sort="",
+    status="all",
+    priorities=False,
+    tags=0,
+    q=False,
+    due_before=False,
+    due_after=False,
+    overdue=False,
+    remind_before=False,
+    cursor=False,
+)
+
+
 def _shape(query: TaskQuery) -> _Shape:
     return _Shape(
         sort=query.sort,
@@ -612,8 +626,16 @@ def _filter_values(user_id: str, query: TaskQuery) -> dict[str, Any]:
 
 
 @cache
-def _count_statement(shape: _Shape) -> Select[Any]:
-    return select(func.count()).select_from(task_table).where(*_filters(shape))
+def _total(shape: _Shape) -> ColumnElement[Any]:
+    """How many tasks match the filters: counted, or for the whole list (no filter, the list a
+    frontend loads first) the count the database keeps in the user's sync_state row, which the
+    same triggers that number each change keep (one row read, however many tasks)."""
+    unfiltered = replace(shape, sort="", cursor=False) == _UNFILTERED
+    if unfiltered:
+        kept = select(_s.task_count).where(_s.user_id == bindparam("user_id")).scalar_subquery()
+        return func.coalesce(kept, 0).label("total")
+    counted = select(func.count()).select_from(task_table).where(*_filters(shape))
+    return counted.scalar_subquery().label("total")
 
 
 # The user's latest change, read in the list's own statement: a client that follows the change
@@ -625,14 +647,14 @@ _SYNC_TOKEN = func.coalesce(
 
 @cache
 def _empty_page_statement(shape: _Shape) -> Select[Any]:
-    return select(_count_statement(shape).scalar_subquery().label("total"), _SYNC_TOKEN)
+    return select(_total(shape), _SYNC_TOKEN)
 
 
 @cache
 def _list_statement(shape: _Shape) -> Select[Any]:
     where = _filters(shape)
     order = _order(shape.sort)
-    total = _count_statement(replace(shape, cursor=False)).scalar_subquery().label("total")
+    total = _total(replace(shape, cursor=False))
     statement = select(*PUBLIC_COLUMNS, total, _SYNC_TOKEN).where(*where)
     if shape.cursor:
         after = [
