@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     migrate_on_start: bool = True
     db_pool_size: int | None = Field(
-        default=None, ge=1, le=100, description="default: 10 on PostgreSQL, 3 on SQLite"
+        default=None, ge=1, le=100, description="default: 10 on PostgreSQL, 1 on SQLite"
     )
     db_max_overflow: int = Field(default=0, ge=0, le=100)
     db_pool_timeout: float = Field(default=5.0, gt=0, le=60)

@@ -431,7 +431,7 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The real ASGI app on an empty task table, through httpx."""
     async with running_app(settings) as (app, http):
-        async with app.state.db.engine.connect() as conn:
+        async with app.state.db.connect() as conn:
             for table in ("task", "task_tombstone", "sync_state", "idempotency_key"):
                 await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
         yield http

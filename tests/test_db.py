@@ -66,6 +66,6 @@ async def test_a_full_pool_answers_503_then_recovers(
 
 
 def test_pool_size_defaults_per_database() -> None:
-    assert db.pool_size(make_settings("sqlite:///x.db")) == 3
+    assert db.pool_size(make_settings("sqlite:///x.db")) == 1
     assert db.pool_size(make_settings("postgresql://u@h/d")) == 10
     assert db.pool_size(make_settings("postgresql://u@h/d", db_pool_size=4)) == 4

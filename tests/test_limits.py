@@ -234,7 +234,7 @@ async def test_next_occurrence_is_made_at_the_quota_and_counts(
         listed = await http.get(f"/api/{user}/tasks", headers=auth(user))
         assert listed.headers["X-Total-Count"] == "2"  # over the quota: completing never fails
         assert (await create(http, user, auth)).status_code == 409
-        async with app.state.db.engine.connect() as conn:
+        async with app.state.db.connect() as conn:
             count = await conn.scalar(
                 text("SELECT task_count FROM sync_state WHERE user_id = :u"), {"u": user}
             )

@@ -251,7 +251,7 @@ async def test_timestamps_are_utc_aware(
 
     app = create_app(settings)
     try:
-        async with app.state.db.engine.connect() as conn:
+        async with app.state.db.connect() as conn:
             row = (
                 await conn.execute(
                     select(task_table.c.created_at, task_table.c.updated_at).where(

@@ -93,14 +93,14 @@ def test_ready_refuses_a_database_that_is_not_migrated(empty_database_url: str) 
                 "the database is not migrated: it has no alembic_version table (expected "
                 f"revision {head_revision()}); run `taskapi migrate`"
             )
-            async with app.state.db.engine.connect() as conn:
+            async with app.state.db.connect() as conn:
                 await conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
                 await conn.execute(text("INSERT INTO alembic_version VALUES ('0001_old')"))
             assert assert_unavailable(await http.get("/ready")) == (
                 "the database is not migrated to this version: it is at revision 0001_old, "
                 f"expected {head_revision()}; run `taskapi migrate`"
             )
-            async with app.state.db.engine.connect() as conn:
+            async with app.state.db.connect() as conn:
                 await conn.execute(text("DROP TABLE alembic_version"))
         await db.migrate(make_settings(empty_database_url))
         async with running_app(make_settings(empty_database_url)) as (_, http):
