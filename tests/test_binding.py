@@ -78,7 +78,9 @@ async def _fastapi_values(route: TaskRoute, request: Request, body: Any) -> dict
 
 
 TASK = f"/api/{USER}/tasks/7"
-VALID: list[tuple[str, str, list[tuple[str, str]], dict[str, str], Any]] = [
+# method, path, query, headers, and the parsed body (PydanticUndefined: none)
+Case = tuple[str, str, list[tuple[str, str]], dict[str, str], Any]
+VALID: list[Case] = [
     ("GET", f"/api/{USER}/tasks", [], {}, PydanticUndefined),
     ("GET", f"/api/{USER}/tasks", [("limit", "20")], {}, PydanticUndefined),
     (
@@ -134,15 +136,11 @@ def _same(binder: dict[str, Any], fastapi: dict[str, Any]) -> None:
             assert type(binder[name]) is type(value), name
 
 
-@pytest.mark.parametrize(("method", "path", "query", "headers", "body"), VALID)
+@pytest.mark.parametrize("case", VALID)
 async def test_a_valid_request_gets_the_arguments_fastapi_would_give(
-    app: FastAPI,
-    method: str,
-    path: str,
-    query: list[tuple[str, str]],
-    headers: dict[str, str],
-    body: Any,
+    app: FastAPI, case: Case
 ) -> None:
+    method, path, query, headers, body = case
     route, request = _request(app, method, path, query, headers)
     assert route.binder is not None
     bound = route.binder.bind(request, body)
@@ -152,7 +150,7 @@ async def test_a_valid_request_gets_the_arguments_fastapi_would_give(
         assert bound["conn"] is CONNECTION
 
 
-INVALID: list[tuple[str, str, list[tuple[str, str]], dict[str, str], Any]] = [
+INVALID: list[Case] = [
     ("GET", f"/api/{USER}/tasks", [("limit", "0")], {}, PydanticUndefined),
     ("GET", f"/api/{USER}/tasks", [("priority", "urgent")], {}, PydanticUndefined),
     ("GET", f"/api/{USER}/tasks", [("due_before", "2026-12-01T00:00:00")], {}, PydanticUndefined),
@@ -171,15 +169,9 @@ INVALID: list[tuple[str, str, list[tuple[str, str]], dict[str, str], Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "query", "headers", "body"), INVALID)
-async def test_an_invalid_request_is_left_to_fastapi(
-    app: FastAPI,
-    method: str,
-    path: str,
-    query: list[tuple[str, str]],
-    headers: dict[str, str],
-    body: Any,
-) -> None:
+@pytest.mark.parametrize("case", INVALID)
+async def test_an_invalid_request_is_left_to_fastapi(app: FastAPI, case: Case) -> None:
+    method, path, query, headers, body = case
     route, request = _request(app, method, path, query, headers)
     assert route.binder is not None
     assert route.binder.bind(request, body) is None
