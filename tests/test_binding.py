@@ -7,12 +7,12 @@ must step aside. No database is needed: nothing here reaches a handler.
 
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import orjson
 import pytest
-from fastapi import FastAPI
+from fastapi import Cookie, FastAPI
 from fastapi.dependencies.utils import solve_dependencies
 from pydantic_core import PydanticUndefined
 from starlette.requests import Request
@@ -181,6 +181,14 @@ def test_every_task_route_is_bound(app: FastAPI) -> None:
     routes = [route for route in app.routes if isinstance(route, TaskRoute)]
     assert len(routes) == 12
     assert all(route.binder is not None for route in routes)
+
+
+def test_a_handler_the_binder_cannot_bind_is_no_task_route() -> None:
+    # Served below FastAPI, a TaskRoute must bind every parameter itself: a cookie it cannot.
+    async def handler(session: Annotated[str, Cookie()]) -> None: ...
+
+    with pytest.raises(TypeError, match="a Binder cannot bind"):
+        TaskRoute("/api/{user_id}/tasks/odd", handler)
 
 
 def test_the_body_is_validated_from_the_parsed_document(app: FastAPI) -> None:

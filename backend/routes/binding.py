@@ -7,9 +7,10 @@ here. A `Binder` works all of that out once, when the route is made, and per req
 the values and runs each parameter's own validator (the same pydantic validator, with the same
 location, that FastAPI runs).
 
-It binds only what it can bind exactly: a request whose values all validate. Anything else (a
-missing or invalid value, a parameter kind it does not know) is left to FastAPI, which then
-answers with its own 422 as before. So the errors are FastAPI's, and a valid request gets the
+It binds only what it can bind exactly: a request whose values all validate. A missing or
+invalid value is left to FastAPI, which then answers with its own 422 as before; a handler with
+a parameter of a kind it does not bind (cookies, security scopes, other dependencies) gets no
+binder at all. So the errors are FastAPI's, and a valid request gets the
 same arguments either way (`tests/test_binding.py` compares them).
 """
 
@@ -39,7 +40,7 @@ class _Scalar:
     field: ModelField
     default: Any  # a callable making the default, or None when the value is required
 
-    def bind(self, request: Request, sources: dict[str, Any]) -> tuple[Any, bool]:
+    def bind(self, sources: dict[str, Any]) -> tuple[Any, bool]:
         received = sources[self.source]
         key = next((key for key in self.keys if key in received), self.keys[0])
         raw = received.get(key)
@@ -60,8 +61,8 @@ class _QueryModel:
     fields: tuple[tuple[str, bool], ...]  # (key, is a sequence)
     field: ModelField
 
-    def bind(self, request: Request, sources: dict[str, Any]) -> tuple[Any, bool]:
-        received = request.query_params
+    def bind(self, sources: dict[str, Any]) -> tuple[Any, bool]:
+        received = sources["query"]
         values: dict[str, Any] = {}
         for key, sequence in self.fields:
             if sequence:
@@ -83,7 +84,7 @@ class _Body:
     field: ModelField
     default: Any
 
-    def bind(self, request: Request, sources: dict[str, Any]) -> tuple[Any, bool]:
+    def bind(self, sources: dict[str, Any]) -> tuple[Any, bool]:
         body = sources["body"]
         if body is PydanticUndefined:
             if self.default is None:
@@ -138,7 +139,7 @@ class Binder:
                     return None
                 steps.append(step)
         if dependant.body_params:
-            if len(dependant.body_params) != 1 or field_embeds(dependant.body_params[0]):
+            if len(dependant.body_params) != 1 or _embeds(dependant.body_params[0]):
                 return None
             field = dependant.body_params[0]
             steps.append(_Body(field.name, field, _default_maker(field)))
@@ -155,7 +156,7 @@ class Binder:
         }
         arguments: dict[str, Any] = {}
         for step in self._steps:
-            value, ok = step.bind(request, sources)
+            value, ok = step.bind(sources)
             if not ok:
                 return None
             arguments[step.name] = value
@@ -166,7 +167,7 @@ class Binder:
         return arguments
 
 
-def field_embeds(field: ModelField) -> bool:
+def _embeds(field: ModelField) -> bool:
     return bool(getattr(field.field_info, "embed", False))
 
 

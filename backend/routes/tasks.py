@@ -83,33 +83,23 @@ class TaskRoute(APIRoute):
     type, JSON syntax), and only then the parameters' validation. It also holds the request's
     database connection (`Conn`) around the handler, when the handler takes one.
 
-    A route whose parameters a `Binder` can bind is served below FastAPI's request handling:
-    the binder validates the parameters with their own validators and the handler is called
-    directly. A request the binder leaves alone (an invalid value) goes through FastAPI's
-    handler, which answers with its 422 as always."""
+    It is served below FastAPI's request handling: a `Binder` validates the parameters with
+    their own validators and the handler is called directly. A request the binder leaves alone
+    (an invalid value) goes through FastAPI's handler, which answers with its 422 as always."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
         self._reads_body = self.body_field is not None
         self._uses_connection = any(d.call is _connection for d in self.dependant.dependencies)
-        self.binder = Binder.for_dependant(self.dependant, _PROVIDED)
-        if self.binder is not None:
-            self.app = self._serve
+        binder = Binder.for_dependant(self.dependant, _PROVIDED)
+        if binder is None:
+            raise TypeError(f"{path}: {endpoint.__name__} takes a parameter a Binder cannot bind")
+        self.binder = binder
+        self.app = self._serve
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        self._solve = handler = super().get_route_handler()  # FastAPI's: solves, then calls
-
-        async def app(request: Request) -> Response:
-            quota = await self._check(request)
-            if self._uses_connection:
-                async with request.app.state.db.connect() as conn:
-                    request.scope[_CONNECTION] = conn
-                    response = await handler(request)
-            else:
-                response = await handler(request)
-            return _with_quota(response, quota)
-
-        return app
+        self._solve = super().get_route_handler()  # FastAPI's: solves, then calls
+        return self._solve
 
     async def _check(self, request: Request) -> Quota | None:
         """Authentication, the owner, the rate limit, then the body's size, type and syntax."""
@@ -142,10 +132,12 @@ class TaskRoute(APIRoute):
                 response = await self._call(request, body)
         else:
             response = await self._call(request, body)
-        await _with_quota(response, quota)(scope, receive, send)
+        if quota is not None:
+            # Appended as they are: a handler never sets RateLimit-* itself.
+            response.raw_headers.extend(quota.raw_headers())
+        await response(scope, receive, send)
 
     async def _call(self, request: Request, body: Any) -> Response:
-        assert self.binder is not None
         arguments = self.binder.bind(request, body)
         if arguments is None:  # FastAPI validates, and answers 422
             async with AsyncExitStack() as stack:
@@ -154,13 +146,6 @@ class TaskRoute(APIRoute):
                 return await self._solve(request)
         response: Response = await self.endpoint(**arguments)
         return response
-
-
-def _with_quota(response: Response, quota: Quota | None) -> Response:
-    if quota is not None:
-        # Appended as they are: a handler never sets RateLimit-* itself.
-        response.raw_headers.extend(quota.raw_headers())
-    return response
 
 
 _CONNECTION = "taskapi.connection"
