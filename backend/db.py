@@ -465,7 +465,7 @@ async def _transaction(conn: AsyncConnection, begin: str) -> AsyncIterator[None]
 
 
 class _Plan(NamedTuple):
-    """A statement compiled once for asyncpg: its SQL, where each positional value comes from
+    """A statement compiled once for the driver: its SQL, where each positional value comes from
     (a parameter's name, or the statement's own literal), the bind processors of SQLAlchemy's
     types, and the result processors of the columns that have one."""
 
@@ -475,50 +475,64 @@ class _Plan(NamedTuple):
     results: tuple[tuple[int, Callable[[Any], Any]], ...]  # (column, process)
 
 
-_PLANS: dict[tuple[Executable, type[Dialect]], _Plan | None] = {}
+class Prepared:
+    """A statement for `fetch`, compiled for each database the first time it runs there and
+    kept with it: a plan lives exactly as long as its statement. Statements are prepared once,
+    as module constants or by builders whose caches have a bound (`functools.lru_cache`), so
+    nothing here grows with what requests send."""
+
+    __slots__ = ("_plans", "statement")
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        # By dialect name: at most one entry per database kind. None: SQLAlchemy's own path.
+        self._plans: dict[str, _Plan | None] = {}
+
+    def plan(self, dialect: Dialect) -> "_Plan | None":
+        try:
+            return self._plans[dialect.name]
+        except KeyError:
+            plan = self._plans[dialect.name] = _compile(self.statement, dialect)
+            return plan
 
 
-def _plan(statement: Executable, dialect: Dialect) -> _Plan | None:
-    key = (statement, type(dialect))
-    try:
-        return _PLANS[key]
-    except KeyError:
-        pass
+def prepare(statement: Executable) -> Prepared:
+    return Prepared(statement)
+
+
+def _compile(statement: Executable, dialect: Dialect) -> _Plan | None:
     compiled = cast(SQLCompiler, cast(ClauseElement, statement).compile(dialect=dialect))
     binds = compiled.binds  # by the name each is rendered under
     processors = compiled._bind_processors
-    plan = None
     # Expanding parameters (IN lists) are rendered per execution, and a tuple type has one
     # processor per element: SQLAlchemy's own path for those.
     if (
-        compiled.positiontup is not None
-        and not any(bind.expanding for bind in binds.values())
-        and all(callable(process) for process in processors.values())
+        compiled.positiontup is None
+        or any(bind.expanding for bind in binds.values())
+        or not all(callable(process) for process in processors.values())
     ):
-        results = []
-        for n, column in enumerate(compiled._result_columns or ()):
-            process = column.type._cached_result_processor(dialect, None)
-            if process is not None:
-                results.append((n, process))
-        plan = _Plan(
-            compiled.string,
-            dialect.name == "sqlite",
-            tuple(
-                (name, binds[name].effective_value, cast(Any, processors.get(name)))
-                for name in compiled.positiontup
-            ),
-            tuple(results),
-        )
-    _PLANS[key] = plan
-    return plan
+        return None
+    results = []
+    for n, column in enumerate(compiled._result_columns or ()):
+        process = column.type._cached_result_processor(dialect, None)
+        if process is not None:
+            results.append((n, process))
+    return _Plan(
+        compiled.string,
+        dialect.name == "sqlite",
+        tuple(
+            (name, binds[name].effective_value, cast(Any, processors.get(name)))
+            for name in compiled.positiontup
+        ),
+        tuple(results),
+    )
 
 
 async def fetch(
-    conn: AsyncConnection, statement: Executable, params: dict[str, Any]
+    conn: AsyncConnection, statement: Prepared, params: dict[str, Any]
 ) -> Sequence[Sequence[Any]]:
-    """The rows of a statement, each a sequence of its columns' values as SQLAlchemy's types
-    make them. `statement` must live as long as the process (a constant, or one built once per
-    shape), as its compiled form is kept.
+    """The rows of a prepared statement, each a sequence of its columns' values as SQLAlchemy's
+    types make them.
 
     It runs on the driver's connection itself, compiled once: SQLAlchemy's async adaption costs
     about as much CPU as the round trip (a greenlet switch per statement and its result objects
@@ -527,9 +541,9 @@ async def fetch(
     connection that broke is invalidated, so the pool replaces it. A statement with an IN list,
     or a connection SQLAlchemy has invalidated, takes SQLAlchemy's `execute`."""
     sync = conn.sync_connection
-    plan = None if sync is None or sync.invalidated else _plan(statement, conn.dialect)
+    plan = None if sync is None or sync.invalidated else statement.plan(conn.dialect)
     if sync is None or plan is None:
-        return (await conn.execute(statement, params)).all()
+        return (await conn.execute(statement.statement, params)).all()
     raw: Any = sync.connection.driver_connection
     values = []
     for name, default, process in plan.binds:

@@ -67,7 +67,7 @@ async def test_fetch_gives_what_sqlalchemy_gives(database_url: str) -> None:
                 _shape_and_params(priority=["high,low"], sort="priority"),
             ]
             # All but the last run on the driver itself.
-            assert [db._plan(s, conn.dialect) is not None for s, _ in statements] == [
+            assert [s.plan(conn.dialect) is not None for s, _ in statements] == [
                 True,
                 True,
                 True,
@@ -76,7 +76,9 @@ async def test_fetch_gives_what_sqlalchemy_gives(database_url: str) -> None:
                 False,
             ]
             for statement, params in statements:
-                expected = [tuple(row) for row in (await conn.execute(statement, params)).all()]
+                expected = [
+                    tuple(row) for row in (await conn.execute(statement.statement, params)).all()
+                ]
                 fetched = [tuple(row) for row in await db.fetch(conn, statement, params)]
                 assert fetched == expected
                 for got, want in zip(fetched, expected, strict=True):
@@ -112,7 +114,7 @@ async def test_a_write_through_fetch_is_applied_once(database_url: str) -> None:
 async def test_a_constraint_violation_is_sqlalchemys_integrity_error(database_url: str) -> None:
     # The table's CHECK (a recurring task has a due date), which the services turn into a 422.
     database = db.Database(make_settings(database_url))
-    statement = (
+    statement = db.prepare(
         update(tasks.task_table)
         .where(tasks._owned)
         .values(due_at=None)

@@ -25,18 +25,15 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
-from functools import cache
+from functools import lru_cache
 from typing import Any, cast
 
 import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
-    Insert,
     Integer,
-    Select,
     Table,
-    Update,
     and_,
     bindparam,
     case,
@@ -90,16 +87,24 @@ _d = tombstone_table.c
 _NOW = bindparam("now", type_=UTCDateTime())
 _TAG_SEPARATOR = "\x1f"  # a control character: no tag can hold it
 
+# Statements are built once per shape (which fields a write sets, which filters and sort a list
+# uses) and their values bound per request. The shapes valid requests can reach number tens of
+# thousands (a list's filters and sort alone: 80,640), so each builder keeps the most recently
+# used ones only; a shape it forgot is built again (about a millisecond), never kept twice.
+STATEMENTS_KEPT = 64
+
 # If-Match: the task must be at one of these versions.
 _AT_VERSION = _t.version.in_(bindparam("if_versions", expanding=True))
 
-_GET = select(*PUBLIC_COLUMNS).where(_owned)
+_GET = db.prepare(select(*PUBLIC_COLUMNS).where(_owned))
 # The same SQL on SQLite and PostgreSQL.
 _ENSURE_SYNC_STATE = text(
     "INSERT INTO sync_state (user_id) VALUES (:user_id) ON CONFLICT (user_id) DO NOTHING"
 )
-_DELETE = delete(task_table).where(_owned).returning(*PUBLIC_COLUMNS)
-_DELETE_AT_VERSION = delete(task_table).where(_owned & _AT_VERSION).returning(*PUBLIC_COLUMNS)
+_DELETE = db.prepare(delete(task_table).where(_owned).returning(*PUBLIC_COLUMNS))
+_DELETE_AT_VERSION = db.prepare(
+    delete(task_table).where(_owned & _AT_VERSION).returning(*PUBLIC_COLUMNS)
+)
 _TOGGLE_VALUES = {
     "completed": ~_t.completed,
     "completed_at": case((_t.completed, None), else_=_NOW),
@@ -107,14 +112,15 @@ _TOGGLE_VALUES = {
     "version": _t.version + 1,
 }
 # The one-statement toggle, for a task that does not recur (the others take the locked path).
-_TOGGLE = (
+_TOGGLE_ANY = (
     update(task_table)
     .where(_owned & _t.recurrence.is_(None))
     .values(_TOGGLE_VALUES)
     .returning(*PUBLIC_COLUMNS)
 )
-_TOGGLE_AT_VERSION = _TOGGLE.where(_AT_VERSION)
-_TOGGLE_LOCKED = update(task_table).where(_owned).values(_TOGGLE_VALUES).returning(*_t)
+_TOGGLE = db.prepare(_TOGGLE_ANY)
+_TOGGLE_AT_VERSION = db.prepare(_TOGGLE_ANY.where(_AT_VERSION))
+_TOGGLE_LOCKED = db.prepare(update(task_table).where(_owned).values(_TOGGLE_VALUES).returning(*_t))
 _LOCK = select(_t.version).where(_owned).with_for_update()
 _LINK = (
     update(task_table)
@@ -153,7 +159,7 @@ def _one(row: TaskRecord | None) -> TaskRecord:
 
 
 async def _first(
-    conn: AsyncConnection, statement: Any, params: dict[str, Any]
+    conn: AsyncConnection, statement: db.Prepared, params: dict[str, Any]
 ) -> TaskRecord | None:
     """The task a statement selects or returns (its public columns, in their order), if any."""
     rows = await db.fetch(conn, statement, params)
@@ -232,8 +238,8 @@ async def create_task(
     return _one(row)
 
 
-@cache
-def _create_statement(names: tuple[str, ...]) -> Insert:
+@lru_cache(maxsize=STATEMENTS_KEPT)
+def _create_statement(names: tuple[str, ...]) -> db.Prepared:
     """INSERT … SELECT of these columns that inserts nothing when the user has `max_tasks`
     tasks: the count is read with their sync_state row locked (FOR UPDATE on PostgreSQL; SQLite
     has one writer anyway), and the insert's trigger adds 1 before the lock is let go, so
@@ -247,20 +253,20 @@ def _create_statement(names: tuple[str, ...]) -> Insert:
     row = select(*(bindparam(name, type_=_t[name].type) for name in names)).where(
         count < bindparam("max_tasks", type_=Integer())
     )
-    return insert(task_table).from_select(list(names), row).returning(*PUBLIC_COLUMNS)
+    return db.prepare(insert(task_table).from_select(list(names), row).returning(*PUBLIC_COLUMNS))
 
 
 # --- updating and completing ---------------------------------------------------------------------
 
 
-@cache
+@lru_cache(maxsize=STATEMENTS_KEPT)
 def _update_statement(
     fields: tuple[str, ...],
     *,
     completing: bool = False,
     locked: bool = False,
     conditional: bool = False,
-) -> Update:
+) -> db.Prepared:
     """UPDATE of these public fields (and what follows from them). `updated_at` and `version`
     move only if one of them really changes. A `completing` update leaves a recurring task alone
     (it takes the `locked` path, whose statement returns the internal columns too); a
@@ -306,7 +312,7 @@ def _update_statement(
     where = _owned & _t.recurrence.is_(None) if completing else _owned
     if conditional:
         where &= _AT_VERSION
-    return (
+    return db.prepare(
         update(task_table)
         .where(where)
         .values(values)
@@ -389,7 +395,10 @@ async def set_completed(
 
 
 async def _write_locked(
-    conn: AsyncConnection, statement: Update, params: dict[str, Any], if_match: Versions | None
+    conn: AsyncConnection,
+    statement: db.Prepared,
+    params: dict[str, Any],
+    if_match: Versions | None,
 ) -> TaskRecord:
     """The update of a task that may recur: with the row locked, update it, and if that
     completed it, create its next occurrence unless one exists already."""
@@ -399,7 +408,7 @@ async def _write_locked(
             raise TaskNotFound()
         if if_match is not None and version not in if_match:
             raise await _refused(conn, params["key_user"], params["key_id"])
-        task = dict((await conn.execute(statement, params)).mappings().one())
+        task = dict((await conn.execute(statement.statement, params)).mappings().one())
         if task["completed"] and task["recurrence"] and task["next_occurrence_id"] is None:
             occurrence = _next_occurrence(task, params["now"])
             if occurrence is not None:
@@ -625,7 +634,7 @@ def _filter_values(user_id: str, query: TaskQuery) -> dict[str, Any]:
     return values
 
 
-@cache
+@lru_cache(maxsize=STATEMENTS_KEPT)
 def _total(shape: _Shape) -> ColumnElement[Any]:
     """How many tasks match the filters: counted, or for the whole list (no filter, the list a
     frontend loads first) the count the database keeps in the user's sync_state row, which the
@@ -645,13 +654,13 @@ _SYNC_TOKEN = func.coalesce(
 ).label("sync_token")
 
 
-@cache
-def _empty_page_statement(shape: _Shape) -> Select[Any]:
-    return select(_total(shape), _SYNC_TOKEN)
+@lru_cache(maxsize=STATEMENTS_KEPT)
+def _empty_page_statement(shape: _Shape) -> db.Prepared:
+    return db.prepare(select(_total(shape), _SYNC_TOKEN))
 
 
-@cache
-def _list_statement(shape: _Shape) -> Select[Any]:
+@lru_cache(maxsize=STATEMENTS_KEPT)
+def _list_statement(shape: _Shape) -> db.Prepared:
     where = _filters(shape)
     order = _order(shape.sort)
     total = _total(replace(shape, cursor=False))
@@ -662,12 +671,14 @@ def _list_statement(shape: _Shape) -> Select[Any]:
             for n, (expression, _) in enumerate(order.keys)
         ]
         statement = statement.where(order.after(after))
-    return statement.order_by(
-        *(
-            expression.desc() if descending else expression.asc()
-            for expression, descending in order.keys
-        )
-    ).limit(bindparam("limit"))
+    return db.prepare(
+        statement.order_by(
+            *(
+                expression.desc() if descending else expression.asc()
+                for expression, descending in order.keys
+            )
+        ).limit(bindparam("limit"))
+    )
 
 
 def _like(text: str) -> str:
