@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend import db
 from backend.config import Settings
-from backend.models.task import PRIORITIES
+from backend.models.task import PRIORITIES, TIME_MAX, TIME_MIN
 from backend.services.tasks import PUBLIC_COLUMNS, fold, tag_keys, task_table
 from tests.test_tasks_api import assert_json, assert_validation, create
 
@@ -1160,3 +1160,42 @@ async def test_the_whole_lists_total_is_the_kept_count_and_follows_every_change(
     assert await totals() == (1, 1, 1)
     assert_json(await client.delete("/api/alice/tasks?status=all", headers=auth("alice")))
     assert await totals() == (0, 0, 0)
+
+
+async def test_the_calendar_s_ends_come_back_in_utc_and_page_by_due_date(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    # PostgreSQL's driver stores the first and last instants Python can hold as -infinity and
+    # infinity, and read them back without a time zone: the service's own Link cursor was then
+    # 422, and a recurrence 500. The API refuses them now, but a database may hold them from
+    # before: they are read as UTC, and paging by due date walks past them.
+    stored = await insert_rows(
+        engine,
+        [
+            row(1, due_at=TIME_MIN),
+            row(2, due_at=TIME_MAX),
+            row(3, due_at=BASE),
+            row(4, due_at=TIME_MAX),
+            row(5),
+        ],
+    )
+    for sort in ("due_at", "-due_at"):
+        pages = await walk(client, auth, tasks_url({"sort": sort, "limit": "1"}))
+        walked = [task for page in pages for task in page.tasks]
+        assert ids(walked) == ids(ordered(as_json(stored), sort))
+        assert {task["due_at"] for task in walked} == {
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999Z",
+            "2026-01-01T00:00:00Z",
+            None,
+        }
+
+
+@pytest.mark.parametrize(
+    "when", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999999"]
+)
+async def test_the_calendar_s_ends_are_refused_as_filters(
+    client: httpx.AsyncClient, auth: Auth, when: str
+) -> None:
+    response = await client.get(tasks_url({"due_before": when}), headers=auth("alice"))
+    assert_validation(response, "due_before")

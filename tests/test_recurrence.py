@@ -113,6 +113,16 @@ def test_a_series_ends_at_year_9999() -> None:
     )
 
 
+def test_a_series_ends_before_the_last_instant_a_database_can_hold() -> None:
+    # PostgreSQL's driver would store 9999-12-31T23:59:59.999999Z as infinity.
+    anchor = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    assert next_due(anchor, offset_minutes=0, count=0, frequency="daily", interval=1) is None
+    earlier = datetime(9999, 12, 30, 23, 59, 59, 999998, tzinfo=UTC)
+    assert next_due(earlier, offset_minutes=0, count=0, frequency="daily", interval=1) == (
+        datetime(9999, 12, 31, 23, 59, 59, 999998, tzinfo=UTC)
+    )
+
+
 # --- through the API -----------------------------------------------------------------------------
 
 MONTHLY = {
@@ -134,6 +144,20 @@ COMPLETIONS: list[Any] = [
 
 def _occurrences(tasks: list[dict[str, Any]], title: str = "Pay rent") -> list[dict[str, Any]]:
     return sorted((t for t in tasks if t["title"] == title), key=lambda t: t["due_at"])
+
+
+@pytest.mark.parametrize(("method", "suffix", "body"), COMPLETIONS)
+async def test_a_reminder_that_would_leave_the_calendar_is_dropped_not_the_completion(
+    client: httpx.AsyncClient, auth: Auth, method: str, suffix: str, body: dict[str, Any] | None
+) -> None:
+    # The next reminder is the next due date plus (remind_at - due_at): with the reminder far
+    # after the due date that overflowed, a 500, and the task could never be completed.
+    first = await create(client, auth, {**MONTHLY, "remind_at": "9999-12-31T00:00:00Z"})
+    url = f"/api/alice/tasks/{first['id']}{suffix}"
+    done = assert_json(await client.request(method, url, json=body, headers=auth("alice")))
+    assert done["completed"] is True
+    (nxt,) = [t for t in await list_all(client, auth) if t["id"] != first["id"]]
+    assert (nxt["due_at"], nxt["remind_at"]) == ("2026-02-28T09:00:00Z", None)
 
 
 @pytest.mark.parametrize(("method", "suffix", "body"), COMPLETIONS)

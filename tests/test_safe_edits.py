@@ -156,6 +156,24 @@ async def test_a_stale_if_match_is_412_with_the_current_task_and_changes_nothing
 
 
 @pytest.mark.parametrize("write", WRITES)
+async def test_a_version_no_task_can_have_matches_nothing(
+    client: httpx.AsyncClient, auth: Auth, write: str
+) -> None:
+    # The version is an INTEGER column: "2147483648" overflowed PostgreSQL's driver (a 500).
+    method, suffix, body = WRITES[write]
+    task = await create(client, auth)
+    url = f"{BASE}/{task['id']}"
+    for beyond in ('"2147483648"', '"999999999999999999"', "2147483648", '"2", "2147483648"'):
+        response = await client.request(
+            method, url + suffix, json=body, headers={**auth("alice"), "If-Match": beyond}
+        )
+        assert_precondition_failed(response, task)
+    for beyond in ('"2147483648"', 'W/"999999999999999999"'):
+        response = await client.get(url, headers={**auth("alice"), "If-None-Match": beyond})
+        assert ok(response) == task
+
+
+@pytest.mark.parametrize("write", WRITES)
 @pytest.mark.parametrize("header", ['"2"', '"1", "2"', "*", "2"])
 async def test_a_current_if_match_lets_the_write_through(
     client: httpx.AsyncClient, auth: Auth, write: str, header: str

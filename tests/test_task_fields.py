@@ -69,6 +69,9 @@ async def test_create_with_every_field(client: httpx.AsyncClient, auth: Auth) ->
         pytest.param("2026-12-01T04:00:00-05:00", "2026-12-01T09:00:00Z", id="negative-offset"),
         pytest.param("2026-12-01T09:00:00.5Z", "2026-12-01T09:00:00.500000Z", id="fraction"),
         pytest.param("2026-12-01T09:00Z", "2026-12-01T09:00:00Z", id="no-seconds"),
+        # The nearest to the calendar's ends that is kept (see the refused ends below).
+        pytest.param("0001-01-01T00:00:00.000001Z", "0001-01-01T00:00:00.000001Z", id="first"),
+        pytest.param("9999-12-31T23:59:59.999998Z", "9999-12-31T23:59:59.999998Z", id="last"),
     ],
 )
 async def test_dates_are_returned_in_utc(
@@ -103,6 +106,10 @@ INVALID = [
     pytest.param("due_at", "1764579600", id="due-digits"),
     pytest.param("due_at", "-1764579600.5", id="due-negative-digits"),
     pytest.param("due_at", "0001-01-01T00:00:00+01:00", id="due-before-year-1-in-utc"),
+    # PostgreSQL's driver would store these two as -infinity and infinity.
+    pytest.param("due_at", "0001-01-01T00:00:00Z", id="due-first-instant"),
+    pytest.param("due_at", "9999-12-31T23:59:59.999999Z", id="due-last-instant"),
+    pytest.param("remind_at", "9999-12-31T23:59:59.999999+00:00", id="remind-last-instant"),
     pytest.param("remind_at", "2026-12-01T09:00:00", id="remind-naive"),
     pytest.param("remind_at", True, id="remind-bool"),
     pytest.param("recurrence", "daily", id="recurrence-string"),

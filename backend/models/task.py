@@ -39,6 +39,11 @@ USER_ID_MAX = 255
 TAGS_MAX = 20
 TAG_MAX = 32
 INTERVAL_MAX = 365
+VERSION_MAX = 2**31 - 1  # an INTEGER column: no task can be at a later version
+# The first and last instants Python can hold. PostgreSQL's driver (asyncpg) writes these two as
+# -infinity and infinity and reads them back as naive datetimes: no stored time may be either.
+TIME_MIN = datetime.min.replace(tzinfo=UTC)
+TIME_MAX = datetime.max.replace(tzinfo=UTC)
 PRIORITIES = ("low", "medium", "high")  # stored as 1, 2, 3: sorting by the column ranks them
 FREQUENCIES = ("daily", "weekly", "monthly", "yearly")
 
@@ -65,17 +70,24 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value  # type: ignore[no-any-return]
 
-    # PostgreSQL's driver sends and returns aware datetimes as they are: no processing per value
-    # (a list of 20 tasks has 100 datetimes).
+    # PostgreSQL's driver sends aware datetimes as they are: no processing per value (a list of
+    # 20 tasks has 100 datetimes). It reads every one back aware too, but for ±infinity, which
+    # it reads as a naive datetime.max / datetime.min: those are UTC as well.
     def bind_processor(self, dialect: Dialect) -> Any:
         return None if dialect.name == "postgresql" else super().bind_processor(dialect)
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Any:
         if dialect.name == "postgresql":
-            return None
+            return _aware
         if dialect.name == "sqlite":
             return _sqlite_utc  # one call per value instead of three (a list of 20 has 100)
         return super().result_processor(dialect, coltype)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 def _sqlite_utc(value: Any) -> datetime | None:

@@ -46,6 +46,7 @@ from backend.errors import (
 from backend.middleware.jwt_auth import CurrentUser, authenticate
 from backend.middleware.rate_limit import Quota, RateLimiter
 from backend.models.sync import IDEMPOTENCY_KEY_MAX
+from backend.models.task import VERSION_MAX
 from backend.routes.binding import Binder
 from backend.schemas.error import PreconditionFailedBody, documented
 from backend.schemas.task import (
@@ -215,7 +216,7 @@ _ENTITY_TAG = re.compile(r'(W/)?"(\d{1,18})"|(\d{1,18})')
 def _versions(header: str | None, *, weak: bool) -> tasks.Versions | None:
     """The task versions an If-Match (strong comparison) or If-None-Match (`weak`) names; None
     for none at all (no header) or any (`*`). A bare number is taken as the ETag a client
-    forgot to quote; any other entity tag matches no version."""
+    forgot to quote; any other entity tag, or a version no task can have, matches none."""
     if header is None:
         return None
     versions = set()
@@ -225,7 +226,9 @@ def _versions(header: str | None, *, weak: bool) -> tasks.Versions | None:
             return None
         match = _ENTITY_TAG.fullmatch(member)
         if match and (weak or not match.group(1)):
-            versions.add(int(match.group(2) or match.group(3)))
+            version = int(match.group(2) or match.group(3))
+            if version <= VERSION_MAX:
+                versions.add(version)
     return frozenset(versions)
 
 

@@ -33,6 +33,8 @@ from backend.models.task import (
     INTERVAL_MAX,
     TAG_MAX,
     TAGS_MAX,
+    TIME_MAX,
+    TIME_MIN,
     TITLE_MAX,
 )
 
@@ -112,9 +114,14 @@ def _text_only(value: Any) -> Any:
 def _in_range(value: datetime) -> datetime:
     # Kept in the offset it was sent with: a recurrence counts days in the sender's calendar.
     try:
-        value.astimezone(UTC)
+        utc = value.astimezone(UTC)
     except OverflowError:  # "0001-01-01T00:00:00+01:00" is before year 1 in UTC
         raise ValueError("is out of range") from None
+    if utc in (TIME_MIN, TIME_MAX):  # PostgreSQL would store them as ±infinity
+        raise ValueError(
+            f"is out of range: it must lie after {TIME_MIN:%Y-%m-%dT%H:%M:%S.%fZ} and before "
+            f"{TIME_MAX:%Y-%m-%dT%H:%M:%S.%fZ}"
+        )
     return value
 
 

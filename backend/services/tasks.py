@@ -64,7 +64,7 @@ from backend.errors import (
     ValidationFailed,
 )
 from backend.models.sync import SyncState, TaskTombstone
-from backend.models.task import PRIORITIES, Task, UTCDateTime
+from backend.models.task import PRIORITIES, TIME_MAX, TIME_MIN, Task, UTCDateTime
 from backend.schemas.task import TaskCreate, TaskQuery, TaskRead, TaskReplace, TaskUpdate
 
 # A task as the public columns name it: what every service function returns.
@@ -428,16 +428,21 @@ def next_due(
     steps = (count + 1) * interval
     try:
         if frequency == "daily":
-            return (local + timedelta(days=steps)).astimezone(UTC)
+            return _storable((local + timedelta(days=steps)).astimezone(UTC))
         if frequency == "weekly":
-            return (local + timedelta(weeks=steps)).astimezone(UTC)
+            return _storable((local + timedelta(weeks=steps)).astimezone(UTC))
         months = steps * (12 if frequency == "yearly" else 1)
         year, month = divmod(local.month - 1 + months, 12)
         year += local.year
         day = min(local.day, calendar.monthrange(year, month + 1)[1])
-        return local.replace(year=year, month=month + 1, day=day).astimezone(UTC)
+        return _storable(local.replace(year=year, month=month + 1, day=day).astimezone(UTC))
     except (OverflowError, ValueError):
         return None
+
+
+def _storable(when: datetime) -> datetime | None:
+    """`when`, unless it is one of the two instants no task may hold (see TIME_MIN)."""
+    return None if when in (TIME_MIN, TIME_MAX) else when
 
 
 def _next_occurrence(task: dict[str, Any], now: datetime) -> dict[str, Any] | None:
@@ -453,7 +458,12 @@ def _next_occurrence(task: dict[str, Any], now: datetime) -> dict[str, Any] | No
         return None
     remind = task["remind_at"]
     if remind is not None:
-        remind = due - (task["due_at"] - remind)  # the same time before the due date
+        # The same time before (or after) the due date; a reminder that would fall outside the
+        # calendar is dropped, and the occurrence is still made.
+        try:
+            remind = _storable(due - (task["due_at"] - remind))
+        except OverflowError:
+            remind = None
     copied = ("user_id", "title", "description", "priority", "tags", "recurrence")
     internal = ("title_fold", "description_fold", "tag_keys", "recurrence_offset_minutes")
     return {
