@@ -244,6 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "ETag",
                 "X-Sync-Token",
                 "Idempotent-Replayed",
+                "X-Next-Occurrence-Skipped",
                 "Retry-After",
                 "RateLimit-Limit",
                 "RateLimit-Remaining",

@@ -217,25 +217,59 @@ async def test_idempotent_replay_at_the_quota_still_replays(database_url: str, a
             assert refused.status_code == 409
 
 
-async def test_next_occurrence_is_made_at_the_quota_and_counts(
+async def test_at_the_quota_a_recurring_task_completes_without_its_next_occurrence(
     database_url: str, auth: Auth
 ) -> None:
-    settings = make_settings(database_url, max_tasks_per_user=1)
+    # Completing the newest occurrence of a recurring task always made another: a user with a
+    # quota of 5 reached 55. Now a completion at the quota completes the task, says so, and
+    # makes no occurrence; completed again below the quota, the task makes it.
+    settings = make_settings(database_url, max_tasks_per_user=5)
     user = new_user()
     body: dict[str, Any] = {
         "title": "water the plants",
         "due_at": "2026-12-01T09:00:00Z",
         "recurrence": {"frequency": "daily", "interval": 1},
     }
+    url = f"/api/{user}/tasks"
+
+    async def count() -> int:
+        listed = await http.get(url, headers=auth(user))
+        return int(listed.headers["X-Total-Count"])
+
     async with running_app(settings) as (app, http):
-        task = (await http.post(f"/api/{user}/tasks", json=body, headers=auth(user))).json()
-        done = await http.patch(f"/api/{user}/tasks/{task['id']}/complete", headers=auth(user))
+        task = (await http.post(url, json=body, headers=auth(user))).json()
+        for _ in range(3):
+            assert (await create(http, user, auth)).status_code == 201
+        # Below the quota (4 tasks): the next occurrence is made, and says nothing.
+        done = await http.patch(f"{url}/{task['id']}/complete", headers=auth(user))
         assert done.status_code == 200, done.text
-        listed = await http.get(f"/api/{user}/tasks", headers=auth(user))
-        assert listed.headers["X-Total-Count"] == "2"  # over the quota: completing never fails
-        assert (await create(http, user, auth)).status_code == 409
+        assert "X-Next-Occurrence-Skipped" not in done.headers
+        assert await count() == 5
+        # At the quota, every way of completing the newest occurrence, again and again.
+        newest = max((await http.get(url, headers=auth(user))).json(), key=lambda t: t["id"])
+        completions = [
+            ("PATCH", "/complete", None),
+            ("PATCH", "", {"completed": True}),
+            ("PUT", "", {"title": "water the plants", "completed": True}),
+        ]
+        for method, suffix, sent in completions * 4:
+            done = await http.request(
+                method, f"{url}/{newest['id']}{suffix}", json=sent, headers=auth(user)
+            )
+            assert done.status_code == 200, done.text
+            assert done.json()["completed"] is True
+            assert done.headers["X-Next-Occurrence-Skipped"] == "quota"
+            assert await count() == 5
+            undone = await http.patch(f"{url}/{newest['id']}/complete", headers=auth(user))
+            assert undone.json()["completed"] is False
+        assert await count() == 5
+        # One place freed: completing it again makes its occurrence, which fills the place.
+        await http.delete(f"{url}/{task['id']}", headers=auth(user))
+        done = await http.patch(f"{url}/{newest['id']}/complete", headers=auth(user))
+        assert "X-Next-Occurrence-Skipped" not in done.headers
+        assert await count() == 5
         async with app.state.db.connect() as conn:
-            count = await conn.scalar(
+            kept = await conn.scalar(
                 text("SELECT task_count FROM sync_state WHERE user_id = :u"), {"u": user}
             )
-        assert count == 2
+        assert kept == 5

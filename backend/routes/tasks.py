@@ -273,6 +273,17 @@ _ETAG_HEADER = {
     }
 }
 _TASK_HEADERS: Responses = {200: {"headers": _ETAG_HEADER}}
+# A recurring task completed while its user had MAX_TASKS_PER_USER tasks: no next occurrence.
+OCCURRENCE_SKIPPED = "X-Next-Occurrence-Skipped"
+_SKIPPED_HEADER = {
+    OCCURRENCE_SKIPPED: {
+        "description": "`quota`: this completed a recurring task while its user had "
+        "MAX_TASKS_PER_USER tasks, so its next occurrence was not created (it is when the task "
+        "is completed again below the quota)",
+        "schema": {"type": "string", "enum": ["quota"]},
+    }
+}
+_COMPLETING_HEADERS: Responses = {200: {"headers": {**_ETAG_HEADER, **_SKIPPED_HEADER}}}
 _PRECONDITION: Responses = {
     412: documented(
         "If-Match names another version: `current` is the task as it is now, `ETag` its version",
@@ -329,20 +340,27 @@ def _render_task(task: tasks.TaskRecord) -> Response:
     return _render(task, headers={"ETag": _etag(task)})
 
 
+def _render_written(written: tasks.Written) -> Response:
+    response = _render_task(written.task)
+    if written.occurrence_skipped:
+        response.headers[OCCURRENCE_SKIPPED] = "quota"
+    return response
+
+
 async def _once(
     request: Request,
     conn: AsyncConnection,
     user_id: str,
     key: str | None,
-    write: Callable[[], Awaitable[tasks.TaskRecord]],
+    write: Callable[[], Awaitable[tasks.Written]],
     status_code: int = 200,
 ) -> Response:
     """Run a write, once per Idempotency-Key when one is sent, and answer with its task."""
-    written: list[tasks.TaskRecord] = []  # the task, when this request wrote it
+    written: list[tasks.Written] = []  # the task, when this request wrote it
 
     async def run() -> tuple[int, bytes]:
         written.append(await write())
-        return status_code, _json(written[0])
+        return status_code, _json(written[0].task)
 
     if key is None:
         status, body = await run()
@@ -357,13 +375,19 @@ async def _once(
     if not replayed:
         _hub(request).written(user_id)
     # A replay has only the stored body to say which task and version it answered with.
-    task = orjson.loads(body) if replayed else written[0]
+    task = orjson.loads(body) if replayed else written[0].task
     headers = {"ETag": _etag(task)}
+    if not replayed and written[0].occurrence_skipped:
+        headers[OCCURRENCE_SKIPPED] = "quota"
     if status == 201:
         headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task['id']}"
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+async def _created(task: Awaitable[tasks.TaskRecord]) -> tasks.Written:
+    return tasks.Written(await task)
 
 
 _LIST_HEADERS = {
@@ -634,11 +658,13 @@ async def create_task(
         conn,
         user_id,
         idempotency_key,
-        lambda: tasks.create_task(
-            conn,
-            user_id=user_id,
-            data=data,
-            max_tasks=request.app.state.settings.max_tasks_per_user,
+        lambda: _created(
+            tasks.create_task(
+                conn,
+                user_id=user_id,
+                data=data,
+                max_tasks=request.app.state.settings.max_tasks_per_user,
+            )
         ),
         status_code=201,
     )
@@ -681,9 +707,10 @@ async def get_task(
     '(`"description": null` clears it) and keeps its value if left out. Read-only fields sent '
     "back (`id`, timestamps…) are ignored.",
     response_model=TaskRead,
-    responses={**_TASK_HEADERS, **_NOT_FOUND, **_PRECONDITION, **_BODY_ERRORS},
+    responses={**_COMPLETING_HEADERS, **_NOT_FOUND, **_PRECONDITION, **_BODY_ERRORS},
 )
 async def replace_task(
+    request: Request,
     user_id: CurrentUser,
     conn: Conn,
     hub: Hub,
@@ -692,7 +719,7 @@ async def replace_task(
     if_match: IfMatch = None,
 ) -> Response:
     # The same update as PATCH; only what the body must hold (the title) differs.
-    return await update_task(user_id, conn, hub, task_id, data, if_match)
+    return await update_task(request, user_id, conn, hub, task_id, data, if_match)
 
 
 @router.patch(
@@ -703,9 +730,10 @@ async def replace_task(
     summary="Update some fields of a task",
     description="Only the fields sent change; `{}` changes nothing.",
     response_model=TaskRead,
-    responses={**_TASK_HEADERS, **_NOT_FOUND, **_PRECONDITION, **_BODY_ERRORS},
+    responses={**_COMPLETING_HEADERS, **_NOT_FOUND, **_PRECONDITION, **_BODY_ERRORS},
 )
 async def update_task(
+    request: Request,
     user_id: CurrentUser,
     conn: Conn,
     hub: Hub,
@@ -713,15 +741,16 @@ async def update_task(
     data: TaskUpdate,
     if_match: IfMatch = None,
 ) -> Response:
-    task = await tasks.update_task(
+    written = await tasks.update_task(
         conn,
         user_id=user_id,
         task_id=task_id,
         data=data,
+        max_tasks=request.app.state.settings.max_tasks_per_user,
         if_match=_versions(if_match, weak=False),
     )
     hub.written(user_id)
-    return _render_task(task)
+    return _render_written(written)
 
 
 @router.patch(
@@ -735,7 +764,7 @@ async def update_task(
     "toggle again.",
     response_model=TaskRead,
     responses={
-        200: {"headers": {**_ETAG_HEADER, **_REPLAYED_HEADER}},
+        200: {"headers": {**_ETAG_HEADER, **_REPLAYED_HEADER, **_SKIPPED_HEADER}},
         **_NOT_FOUND,
         **_PRECONDITION,
         **_KEY_REUSED,
@@ -762,6 +791,7 @@ async def complete_task(
             user_id=user_id,
             task_id=task_id,
             completed=completed,
+            max_tasks=request.app.state.settings.max_tasks_per_user,
             if_match=_versions(if_match, weak=False),
         ),
     )

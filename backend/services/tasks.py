@@ -129,6 +129,18 @@ _LINK = (
 )
 
 
+_TASK_COUNT = select(_s.task_count).where(_s.user_id == bindparam("user_id")).with_for_update()
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A task as a write left it; `occurrence_skipped`: it was a recurring task completed while
+    its user had MAX_TASKS_PER_USER tasks, so no next occurrence was made."""
+
+    task: TaskRecord
+    occurrence_skipped: bool = False
+
+
 def _key(user_id: str, task_id: int, if_match: Versions | None = None) -> dict[str, Any]:
     key: dict[str, Any] = {"key_id": task_id, "key_user": user_id}
     if if_match is not None:
@@ -326,12 +338,15 @@ async def update_task(
     user_id: str,
     task_id: int,
     data: TaskUpdate | TaskReplace,
+    max_tasks: int,
     if_match: Versions | None = None,
-) -> TaskRecord:
-    """Apply the fields that were sent; the others keep their values, and `{}` changes nothing."""
+) -> Written:
+    """Apply the fields that were sent; the others keep their values, and `{}` changes nothing.
+    Completing a recurring task creates its next occurrence unless the user has `max_tasks`."""
     changes = data.model_dump()  # fields left out are MISSING, which model_dump drops
     if not changes:
-        return _check_version(await get_task(conn, user_id=user_id, task_id=task_id), if_match)
+        task = await get_task(conn, user_id=user_id, task_id=task_id)
+        return Written(_check_version(task, if_match))
     params = {f"new_{name}": value for name, value in {**changes, **_derived(changes)}.items()}
     params.update(_key(user_id, task_id, if_match), now=_now())
     if "due_at" in changes:
@@ -347,13 +362,13 @@ async def update_task(
             statement = _update_statement(fields, completing=completes, conditional=conditional)
             row = await _first(conn, statement, params)
             if row is not None:
-                return row
+                return Written(row)
             if not completes:
                 if conditional:
                     raise await _refused(conn, user_id, task_id)
                 raise TaskNotFound()
         statement = _update_statement(fields, locked=True)
-        return await _write_locked(conn, statement, params, if_match)
+        return await _write_locked(conn, statement, params, if_match, max_tasks)
     except sa_exc.IntegrityError:
         raise _needs_due_date(changes) from None
 
@@ -375,8 +390,9 @@ async def set_completed(
     user_id: str,
     task_id: int,
     completed: bool | None,
+    max_tasks: int,
     if_match: Versions | None = None,
-) -> TaskRecord:
+) -> Written:
     """`completed=None` toggles, atomically in the database; a bool sets it (idempotent)."""
     if completed is not None:
         return await update_task(
@@ -384,14 +400,15 @@ async def set_completed(
             user_id=user_id,
             task_id=task_id,
             data=TaskUpdate(completed=completed),
+            max_tasks=max_tasks,
             if_match=if_match,
         )
     params = {**_key(user_id, task_id, if_match), "now": _now()}
     toggle = _TOGGLE if if_match is None else _TOGGLE_AT_VERSION
     row = await _first(conn, toggle, params)
     if row is not None:
-        return row
-    return await _write_locked(conn, _TOGGLE_LOCKED, params, if_match)
+        return Written(row)
+    return await _write_locked(conn, _TOGGLE_LOCKED, params, if_match, max_tasks)
 
 
 async def _write_locked(
@@ -399,9 +416,14 @@ async def _write_locked(
     statement: db.Prepared,
     params: dict[str, Any],
     if_match: Versions | None,
-) -> TaskRecord:
+    max_tasks: int,
+) -> Written:
     """The update of a task that may recur: with the row locked, update it, and if that
-    completed it, create its next occurrence unless one exists already."""
+    completed it, create its next occurrence unless one exists already — or the user has
+    `max_tasks` tasks: then the task is completed without one (a completion never fails for
+    the quota, and never takes a user past it). Not linked to one, the task makes its next
+    occurrence when it is completed again below the quota."""
+    skipped = False
     async with db.transaction(conn):
         version = (await conn.execute(_LOCK, params)).scalar()
         if version is None:
@@ -412,9 +434,16 @@ async def _write_locked(
         if task["completed"] and task["recurrence"] and task["next_occurrence_id"] is None:
             occurrence = _next_occurrence(task, params["now"])
             if occurrence is not None:
-                created = await conn.execute(insert(task_table).returning(_t.id), occurrence)
-                await conn.execute(_LINK, {"key_id": task["id"], "next_id": created.scalar_one()})
-    return _public(task)
+                # The count with the owner's sync_state row locked, as a create reads it (the
+                # completion's own change has locked it already on PostgreSQL).
+                count = (await conn.execute(_TASK_COUNT, {"user_id": task["user_id"]})).scalar()
+                if (count or 0) >= max_tasks:
+                    skipped = True
+                else:
+                    created = await conn.execute(insert(task_table).returning(_t.id), occurrence)
+                    link = {"key_id": task["id"], "next_id": created.scalar_one()}
+                    await conn.execute(_LINK, link)
+    return Written(_public(task), occurrence_skipped=skipped)
 
 
 def next_due(

@@ -1469,6 +1469,8 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
+                    /** @description `quota`: this completed a recurring task while its user had MAX_TASKS_PER_USER tasks, so its next occurrence was not created (it is when the task is completed again below the quota) */
+                    "X-Next-Occurrence-Skipped"?: "quota";
                     /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
@@ -1812,6 +1814,8 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
+                    /** @description `quota`: this completed a recurring task while its user had MAX_TASKS_PER_USER tasks, so its next occurrence was not created (it is when the task is completed again below the quota) */
+                    "X-Next-Occurrence-Skipped"?: "quota";
                     /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
@@ -2006,6 +2010,8 @@ export interface operations {
                     ETag?: string;
                     /** @description `true` on the repeat of a request with an Idempotency-Key */
                     "Idempotent-Replayed"?: "true";
+                    /** @description `quota`: this completed a recurring task while its user had MAX_TASKS_PER_USER tasks, so its next occurrence was not created (it is when the task is completed again below the quota) */
+                    "X-Next-Occurrence-Skipped"?: "quota";
                     /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */

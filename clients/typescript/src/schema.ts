@@ -1470,6 +1470,8 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
+                    /** @description `quota`: this completed a recurring task while its user had MAX_TASKS_PER_USER tasks, so its next occurrence was not created (it is when the task is completed again below the quota) */
+                    "X-Next-Occurrence-Skipped"?: "quota";
                     /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
@@ -1813,6 +1815,8 @@ export interface operations {
                 headers: {
                     /** @description The task's version: `"3"` */
                     ETag?: string;
+                    /** @description `quota`: this completed a recurring task while its user had MAX_TASKS_PER_USER tasks, so its next occurrence was not created (it is when the task is completed again below the quota) */
+                    "X-Next-Occurrence-Skipped"?: "quota";
                     /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
@@ -2007,6 +2011,8 @@ export interface operations {
                     ETag?: string;
                     /** @description `true` on the repeat of a request with an Idempotency-Key */
                     "Idempotent-Replayed"?: "true";
+                    /** @description `quota`: this completed a recurring task while its user had MAX_TASKS_PER_USER tasks, so its next occurrence was not created (it is when the task is completed again below the quota) */
+                    "X-Next-Occurrence-Skipped"?: "quota";
                     /** @description Requests a minute allowed (RATE_LIMIT; sent while it is on) */
                     "RateLimit-Limit"?: number;
                     /** @description Requests left in this minute's window */
