@@ -6,6 +6,7 @@ Each test runs once per database kind on a fresh, empty database of that kind.
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,7 @@ import backend.models.sync  # noqa: F401 - registers the tables (and the task ta
 from backend import db
 from backend.config import Settings
 from backend.main import create_app
+from backend.models.sync import TOMBSTONE_CHANGES
 from backend.services.tasks import task_table
 from tests.conftest import SECRET, PostgresCluster, app_client, make_settings
 
@@ -106,7 +108,7 @@ async def test_empty_database_upgrades_to_head(fresh_settings: Settings) -> None
     await db.migrate(fresh_settings)
     assert await inspect_db(fresh_settings, table_names) == TABLES
     assert await inspect_db(fresh_settings, versions) == [head_revision()]
-    assert head_revision() == "0004"
+    assert head_revision() == "0005"
 
 
 async def test_migrating_twice_is_a_no_op(fresh_settings: Settings) -> None:
@@ -167,6 +169,8 @@ async def test_list_indexes_exist(fresh_settings: Settings) -> None:
     ]
     assert found["idempotency_key"] == [
         ("ix_idempotency_key_created_at", ["created_at"], False),  # forgetting old keys
+        # the bound on keys kept per user
+        ("ix_idempotency_key_user_id_created_at", ["user_id", "created_at"], False),
     ]
 
 
@@ -533,7 +537,7 @@ async def test_quota_migration_counts_existing_tasks_and_downgrades(
         await engine.dispose()
 
     await db.migrate(fresh_settings)
-    assert await inspect_db(fresh_settings, versions) == [head_revision()] == ["0004"]
+    assert await inspect_db(fresh_settings, versions) == [head_revision()]
 
     def counts(conn: Connection) -> list[tuple[Any, ...]]:
         query = text("SELECT user_id, seq, task_count FROM sync_state ORDER BY user_id")
@@ -595,3 +599,76 @@ async def test_quota_migration_counts_existing_tasks_and_downgrades(
         ("carol", 2, 0),
         ("dave", 1, 1),
     ]
+
+
+def test_the_tombstone_bound_of_the_triggers_is_the_model_s() -> None:
+    # A migration is frozen (it cannot import the constant); the number in its SQL must agree.
+    script = ScriptDirectory.from_config(db.alembic_config()).get_revision("0005")
+    assert script is not None
+    assert script.path is not None
+    sql = Path(script.path).read_text()
+    assert set(re.findall(r"\b\d{5,}\b", sql)) == {str(TOMBSTONE_CHANGES)}
+
+
+async def test_deletion_bookkeeping_migration_counts_per_statement_and_downgrades(
+    fresh_settings: Settings,
+) -> None:
+    # 0005 turns PostgreSQL's per-row delete trigger into one per statement and bounds the
+    # tombstones a user keeps: a database at 0004 with tasks keeps counting exactly.
+    await _run_alembic(fresh_settings, "upgrade", "0004")
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    if fresh_settings.db_url.startswith("sqlite"):
+        now = now.replace(tzinfo=None)  # SQLite's DateTime stores naive UTC
+    insert = text(
+        "INSERT INTO task (user_id, title, completed, created_at, updated_at) "
+        "VALUES (:user_id, :title, :completed, :now, :now)"
+    )
+
+    async def write(*statements: tuple[Any, dict[str, Any]]) -> None:
+        engine = db.make_engine(fresh_settings, for_requests=False)
+        try:
+            async with engine.begin() as conn:
+                for statement, values in statements:
+                    await conn.execute(statement, values)
+        finally:
+            await engine.dispose()
+
+    def state(conn: Connection) -> list[tuple[Any, ...]]:
+        query = text(
+            "SELECT s.user_id, s.seq, s.task_count, s.purged_seq, "
+            "(SELECT count(*) FROM task_tombstone t WHERE t.user_id = s.user_id) "
+            "FROM sync_state s ORDER BY s.user_id"
+        )
+        return [tuple(row) for row in conn.execute(query)]
+
+    owners = ["alice", "bob", "alice", "alice", "bob"]
+    await write(
+        *(
+            (insert, {"user_id": user, "title": f"t{n}", "completed": n % 2 == 0, "now": now})
+            for n, user in enumerate(owners)
+        )
+    )
+    await db.migrate(fresh_settings)
+    assert await inspect_db(fresh_settings, versions) == [head_revision()]
+    assert await inspect_db(fresh_settings, model_differences) == []
+    # One statement deleting for two owners: each owner's counter once, tombstones numbered.
+    await write((text("DELETE FROM task WHERE completed"), {}))
+    assert await inspect_db(fresh_settings, state) == [
+        ("alice", 5, 1, 0, 2),
+        ("bob", 3, 1, 0, 1),
+    ]
+
+    def tombstones(conn: Connection) -> list[tuple[Any, ...]]:
+        query = text("SELECT user_id, change_seq FROM task_tombstone ORDER BY change_seq")
+        return [tuple(row) for row in conn.execute(query)]
+
+    assert await inspect_db(fresh_settings, tombstones) == [("bob", 3), ("alice", 4), ("alice", 5)]
+
+    await _run_alembic(fresh_settings, "downgrade", "0004")
+    await write((text("DELETE FROM task WHERE user_id = 'bob'"), {}))
+    assert await inspect_db(fresh_settings, state) == [
+        ("alice", 5, 1, 0, 2),
+        ("bob", 4, 0, 0, 2),
+    ]
+    await db.migrate(fresh_settings)
+    assert await inspect_db(fresh_settings, model_differences) == []

@@ -17,6 +17,10 @@ from sqlmodel import Field, SQLModel
 from backend.models.task import USER_ID_MAX, IdColumnType, UTCDateTime
 
 IDEMPOTENCY_KEY_MAX = 255
+# A deleted task is remembered while it is among its owner's last this many changes (and at most
+# services.tasks.TOMBSTONE_DAYS): the triggers of migration 0005 drop older tombstones as changes
+# come, so what is kept per user is bounded by this, not by how fast a user deletes.
+TOMBSTONE_CHANGES = 10_000
 
 
 class SyncState(SQLModel, table=True):
@@ -52,7 +56,11 @@ class IdempotencyKey(SQLModel, table=True):
     primary key is what makes concurrent repeats one request, in any number of processes."""
 
     __tablename__ = "idempotency_key"
-    __table_args__ = (Index("ix_idempotency_key_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_idempotency_key_created_at", "created_at"),
+        # The user's newest keys: the bound on keys kept per user.
+        Index("ix_idempotency_key_user_id_created_at", "user_id", "created_at"),
+    )
 
     user_id: str = Field(sa_column=Column(String(USER_ID_MAX), primary_key=True))
     key: str = Field(sa_column=Column(String(IDEMPOTENCY_KEY_MAX), primary_key=True))

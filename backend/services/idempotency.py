@@ -5,7 +5,9 @@ INSERT on the key's primary key (user, key), so the database decides which of se
 repeats goes first, whichever process serves them: the others wait for its commit, find its
 response and replay it (or, if it failed and rolled back, one of them goes first instead). Only
 a success is stored: a request that failed may be repeated with the same key. A key older than
-KEY_HOURS is free again, and `purge` drops such keys.
+KEY_HOURS is free again, and `purge` drops such keys. A user's newest KEYS_PER_USER keys are
+kept: claiming another forgets the oldest beyond them, so what is stored per user (a response is
+one task) is bounded by that, not by how many requests the user can send in a day.
 """
 
 import hashlib
@@ -24,6 +26,7 @@ from backend.errors import IdempotencyKeyReused
 from backend.models.sync import IdempotencyKey
 
 KEY_HOURS = 24
+KEYS_PER_USER = 1000
 
 key_table = cast(Table, IdempotencyKey.__table__)  # type: ignore[attr-defined]
 _k = key_table.c
@@ -32,6 +35,18 @@ _this_key = (_k.user_id == bindparam("key_user")) & (_k.key == bindparam("key_va
 _STORED = select(_k.request_hash, _k.status, _k.body).where(_this_key)
 _RECORD = (
     update(key_table).where(_this_key).values(status=bindparam("status"), body=bindparam("body"))
+)
+_OLDEST_KEPT = (
+    select(_k.created_at)
+    .where(_k.user_id == bindparam("key_user"))
+    .order_by(_k.created_at.desc())
+    .offset(KEYS_PER_USER - 1)
+    .limit(1)
+    .scalar_subquery()
+)
+# The user's keys older than the newest KEYS_PER_USER (read by the index on user and age).
+_FORGET_OLDEST = delete(key_table).where(
+    _k.user_id == bindparam("key_user"), _k.created_at < _OLDEST_KEPT
 )
 
 
@@ -84,6 +99,7 @@ async def once(
             return Outcome(status=stored.status, body=stored.body.encode(), replayed=True)
         status, body = await run()
         await conn.execute(_RECORD, {**where, "status": status, "body": body.decode()})
+        await conn.execute(_FORGET_OLDEST, {"key_user": user_id})
     return Outcome(status=status, body=body, replayed=False)
 
 
