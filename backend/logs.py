@@ -4,7 +4,9 @@
   request; `RequestIdFilter` copies it onto each record (`-` outside a request).
 - `RepeatFilter` writes a WARNING-or-worse record once per (logger, message template) and
   interval, counts the repeats, and writes `… repeated N times in the last 10 s` when the
-  interval is over: an outage of the database is a few lines, not one per request.
+  interval is over: an outage of the database is a few lines, not one per request. A record
+  with an exception is also keyed by the exception's type and where it was raised, so two
+  different bugs behind one message ("unhandled error") each keep their traceback.
 - `logging_config(settings)` is the `dictConfig` that `taskapi` applies, and hands to uvicorn
   so that every worker logs the same way. Nothing here is configured on import.
 
@@ -61,7 +63,9 @@ class RepeatFilter(logging.Filter):
         self.sink = sink
         self.interval = interval
         self.clock = clock
-        self._windows: dict[tuple[str, str], _Window] = {}
+        # Keys are made of code (loggers, templates, exception types and raising lines): a set
+        # the program bounds, whatever requests send.
+        self._windows: dict[tuple[str, ...], _Window] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "repeat_summary", False):
@@ -70,7 +74,7 @@ class RepeatFilter(logging.Filter):
         self._flush(now)
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, str(record.msg))
+        key = _key(record)
         window = self._windows.get(key)
         if window is None:
             self._windows[key] = _Window(started=now)
@@ -85,8 +89,8 @@ class RepeatFilter(logging.Filter):
             if window.repeats and self.sink is not None:
                 self.sink.handle(self._summary(key, window.repeats))
 
-    def _summary(self, key: tuple[str, str], repeats: int) -> logging.LogRecord:
-        name, template = key
+    def _summary(self, key: tuple[str, ...], repeats: int) -> logging.LogRecord:
+        name, template = key[:2]
         record = logging.LogRecord(
             name,
             logging.WARNING,
@@ -99,6 +103,18 @@ class RepeatFilter(logging.Filter):
         record.repeat_summary = True
         record.request_id = None
         return record
+
+
+def _key(record: logging.LogRecord) -> tuple[str, ...]:
+    key = (record.name, str(record.msg))
+    error = record.exc_info[1] if record.exc_info else None
+    if error is None:
+        return key
+    trace = error.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    where = "" if trace is None else f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}"
+    return (*key, type(error).__qualname__, where)
 
 
 class TextFormatter(logging.Formatter):

@@ -360,6 +360,43 @@ class FakeClock:
         return self.now
 
 
+def test_distinct_unhandled_errors_each_keep_their_traceback() -> None:
+    # Every 500 is logged as "unhandled error": keyed by the message alone, a second bug in
+    # the same minute was only counted, and its traceback never written.
+    clock = FakeClock()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    handler.addFilter(RepeatFilter(handler, clock=clock))
+    logger = logging.getLogger("tests.unhandled")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+    def first_bug() -> None:
+        raise KeyError("first")
+
+    def second_bug() -> None:
+        raise KeyError("second")
+
+    def third_bug() -> None:
+        raise ZeroDivisionError
+
+    try:
+        for bug in (first_bug, second_bug, third_bug, first_bug, first_bug, third_bug):
+            try:
+                bug()
+            except Exception as exc:
+                logger.error("unhandled error", exc_info=exc)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    written = stream.getvalue()
+    assert written.count("ERROR tests.unhandled: unhandled error") == 3
+    assert "KeyError: 'first'" in written
+    assert "KeyError: 'second'" in written
+    assert "ZeroDivisionError" in written
+
+
 def test_a_repeated_failure_is_logged_once_then_counted() -> None:
     clock = FakeClock()
     stream = io.StringIO()

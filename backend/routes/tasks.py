@@ -96,6 +96,13 @@ class TaskRoute(APIRoute):
         if binder is None:
             raise TypeError(f"{path}: {endpoint.__name__} takes a parameter a Binder cannot bind")
         self.binder = binder
+        # A write must not be taken on the last of several values it was given: `DELETE
+        # …?status=completed&status=all` would delete everything (last value wins).
+        self._once_only = (
+            tuple(field.alias for field in self.dependant.query_params)
+            if self.methods and not self.methods <= {"GET", "HEAD"}
+            else ()
+        )
         self.app = self._serve
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -123,6 +130,9 @@ class TaskRoute(APIRoute):
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
         quota = await self._check(request)
+        for key in self._once_only:
+            if len(request.query_params.getlist(key)) > 1:
+                raise ValidationFailed(f"{key}: must be given once", field=key)
         body = await request.json() if self._reads_body and await request.body() else Undefined
         if self._uses_connection:
             # The request's connection, for the handler's `conn: Conn` (opened here, not by a
@@ -390,6 +400,8 @@ async def _created(task: Awaitable[tasks.TaskRecord]) -> tasks.Written:
     return tasks.Written(await task)
 
 
+_PAGED_BY = frozenset(TaskQuery.model_fields) - {"cursor"}
+
 _LIST_HEADERS = {
     "X-Total-Count": {
         "description": "How many tasks match the filters (on every page)",
@@ -425,8 +437,10 @@ async def list_tasks(
     headers = {"X-Total-Count": str(page.total), "X-Sync-Token": page.sync_token}
     if page.cursor is not None:
         # Relative (RFC 8288): never built from the Host header. The user id is encoded as in
-        # `Location`: a header is ASCII, and a `?` or `#` in the id must stay in the path.
-        params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
+        # `Location`: a header is ASCII, and a `?` or `#` in the id must stay in the path. Only
+        # the parameters the list understands, as they were sent: an unknown one is ignored by
+        # the list, and would only make the header long (a client may send 60 KB of them).
+        params = [(k, v) for k, v in request.query_params.multi_items() if k in _PAGED_BY]
         next_query = urlencode([*params, ("cursor", page.cursor)])
         path = f"/api/{quote(user_id, safe='')}/tasks"
         headers["Link"] = f'<{path}?{next_query}>; rel="next"'
