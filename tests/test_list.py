@@ -90,7 +90,7 @@ def varied(n: int, *, user: str = "alice") -> dict[str, Any]:
         title=f"{WORDS[n % 4]} {n % 7}",
         description="notes on alpha" if n % 10 == 3 else None,
         completed=n % 6 == 1,
-        priority=PRIORITIES[n % 3],
+        priority=PRIORITIES[n % len(PRIORITIES)],
         tags=TAG_SETS[(n // 2) % 5],
         created_at=BASE + timedelta(minutes=n // 3),
         updated_at=BASE + timedelta(minutes=(n * 7) % 50),
@@ -129,7 +129,7 @@ def _time(value: datetime | str) -> datetime:
 
 def ordered(tasks: Iterable[Task], sort: str) -> list[Task]:
     """The contract's order: by the key, ties by id in the same direction; titles compared
-    case-folded; priority low → high; tasks without a due date last in both directions."""
+    case-folded; priority low → urgent; tasks without a due date last in both directions."""
     descending = sort.startswith("-")
     name = sort.removeprefix("-")
 
@@ -321,6 +321,10 @@ async def test_filter_priority(
             ({"priority": "low, high"}, [MILK, REPORT, CALL, RENT]),
             ([("priority", "high"), ("priority", "medium")], [REPORT, CALL, DEAL, CAFE]),
             ({"priority": "low,medium,high"}, [MILK, REPORT, CALL, DEAL, CAFE, RENT]),
+            # Any letter case, as frontends send it (LOW/MEDIUM/HIGH/URGENT options).
+            ({"priority": "HIGH,Low"}, [MILK, REPORT, CALL, RENT]),
+            ([("priority", "URGENT"), ("priority", "medium")], [DEAL, CAFE]),
+            ({"priority": "urgent"}, []),
         ],
     )
 
@@ -498,8 +502,8 @@ async def test_unknown_parameters_are_ignored(
         ("status", "done"),
         ("status", "PENDING"),
         ("status", ""),
-        ("priority", "urgent"),
-        ("priority", "high,urgent"),
+        ("priority", "critical"),
+        ("priority", "high,CRITICAL"),
         ("priority", "high,"),
         ("priority", ""),
         ("tag", ""),
@@ -563,7 +567,7 @@ SORT_TASKS = {
     "A": {"title": "banana", "priority": "high", "due_at": "2026-04-01T00:00:00Z"},
     "B": {"title": "Apple", "priority": "low"},
     "C": {"title": "apple", "priority": "medium", "due_at": "2026-03-01T09:00:00+02:00"},
-    "D": {"title": "cherry", "priority": "high", "due_at": "2026-04-01T02:00:00+02:00"},
+    "D": {"title": "cherry", "priority": "urgent", "due_at": "2026-04-01T02:00:00+02:00"},
     "E": {"title": "Banana", "priority": "low"},
     "F": {"title": "éclair", "priority": "medium", "due_at": "2026-03-01T07:00:00Z"},
 }
@@ -583,7 +587,7 @@ SORTED = {
     "-updated_at": "EAFDCB",
     "due_at": "CFADBE",  # without a due date: last
     "-due_at": "DAFCEB",  # without a due date: last too
-    "priority": "BECFAD",  # low → high
+    "priority": "BECFAD",  # low → medium → high → urgent
     "-priority": "DAFCEB",
     "title": "BCAEDF",  # case-insensitive; é after the ASCII letters
     "-title": "FDEACB",
@@ -996,7 +1000,7 @@ async def test_a_cursor_of_another_user_is_422(
         ("title", ["a\x00b", 1]),
         ("title", [1, 1]),
         ("title", [None, 1]),
-        ("priority", ["urgent", 1]),
+        ("priority", ["critical", 1]),
         ("priority", [2, 1]),
         ("priority", ["HIGH", 1]),
         ("due_at", [0, "2026-01-01T00:00:00Z"]),

@@ -108,7 +108,7 @@ async def test_empty_database_upgrades_to_head(fresh_settings: Settings) -> None
     await db.migrate(fresh_settings)
     assert await inspect_db(fresh_settings, table_names) == TABLES
     assert await inspect_db(fresh_settings, versions) == [head_revision()]
-    assert head_revision() == "0005"
+    assert head_revision() == "0006"
 
 
 async def test_migrating_twice_is_a_no_op(fresh_settings: Settings) -> None:

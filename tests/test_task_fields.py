@@ -85,8 +85,9 @@ async def test_dates_are_returned_in_utc(
 # --- validation ----------------------------------------------------------------------------------
 
 INVALID = [
-    pytest.param("priority", "urgent", id="priority-unknown"),
-    pytest.param("priority", "HIGH", id="priority-case"),
+    pytest.param("priority", "critical", id="priority-unknown"),
+    pytest.param("priority", "CRITICAL", id="priority-unknown-upper"),
+    pytest.param("priority", "", id="priority-empty"),
     pytest.param("priority", 3, id="priority-number"),
     pytest.param("priority", None, id="priority-null"),
     pytest.param("tags", "work", id="tags-string"),
@@ -137,6 +138,38 @@ async def test_invalid_value_is_422_and_changes_nothing(
         response = await client.request(method, url, json=body, headers=auth("alice"))
     assert_validation(response, field)
     assert await list_all(client, auth) == [existing]
+
+
+async def test_an_unknown_priority_is_422_naming_the_four(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    response = await client.post(
+        "/api/alice/tasks", json={"title": "t", "priority": "Critical"}, headers=auth("alice")
+    )
+    assert_validation(response, "priority")
+    assert response.json()["detail"] == (
+        "priority: Input should be 'low', 'medium', 'high' or 'urgent'"
+    )
+
+
+@pytest.mark.parametrize("sent", ["urgent", "URGENT", "Urgent", "uRgEnT", "MEDIUM", "low", "High"])
+async def test_a_priority_is_taken_in_any_case_and_returned_lowercase(
+    client: httpx.AsyncClient, auth: Auth, sent: str
+) -> None:
+    # A public hackathon frontend sends "MEDIUM" from its LOW/MEDIUM/HIGH/URGENT options.
+    stored = sent.lower()
+    created = await create(client, auth, {"title": "t", "priority": sent})
+    assert created["priority"] == stored
+    url = f"/api/alice/tasks/{created['id']}"
+    for method, body in (
+        ("PATCH", {"priority": "low"}),
+        ("PATCH", {"priority": sent}),
+        ("PUT", {"title": "t", "priority": "LOW"}),
+        ("PUT", {"title": "t", "priority": sent}),
+    ):
+        response = await client.request(method, url, json=body, headers=auth("alice"))
+        assert assert_json(response)["priority"] == body["priority"].lower()
+    assert (await fetch(client, auth, created["id"]))["priority"] == stored
 
 
 async def test_tags_are_trimmed_deduplicated_in_any_case_and_keep_their_order(

@@ -44,7 +44,8 @@ VERSION_MAX = 2**31 - 1  # an INTEGER column: no task can be at a later version
 # -infinity and infinity and reads them back as naive datetimes: no stored time may be either.
 TIME_MIN = datetime.min.replace(tzinfo=UTC)
 TIME_MAX = datetime.max.replace(tzinfo=UTC)
-PRIORITIES = ("low", "medium", "high")  # stored as 1, 2, 3: sorting by the column ranks them
+# Stored as 1..4: sorting by the column ranks them. The four levels real frontends send.
+PRIORITIES = ("low", "medium", "high", "urgent")
 FREQUENCIES = ("daily", "weekly", "monthly", "yearly")
 
 # The one definition of a control character for the whole service: C0 (NUL included, which
@@ -98,7 +99,7 @@ def _sqlite_utc(value: Any) -> datetime | None:
 
 
 class Priority(TypeDecorator[str]):
-    """ "low" / "medium" / "high" in the API, 1 / 2 / 3 in the table."""
+    """ "low" / "medium" / "high" / "urgent" in the API, 1 to 4 in the table."""
 
     impl = SmallInteger()
     cache_ok = True
@@ -155,7 +156,7 @@ class Task(SQLModel, table=True):
         # The change feed: WHERE user_id = ? AND change_seq > ? ORDER BY change_seq.
         Index("ix_task_user_id_change_seq", "user_id", "change_seq"),
         CheckConstraint("recurrence IS NULL OR due_at IS NOT NULL", name="recurrence_needs_due_at"),
-        CheckConstraint("priority BETWEEN 1 AND 3", name="priority_range"),
+        CheckConstraint(f"priority BETWEEN 1 AND {len(PRIORITIES)}", name="priority_range"),
         # Ids are never reused after a delete (SQLite would otherwise hand out max(id)+1 again).
         {"sqlite_autoincrement": True},
     )

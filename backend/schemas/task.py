@@ -23,6 +23,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -31,6 +32,7 @@ from backend.models.task import (
     CONTROL_CHARACTER_IN_TEXT,
     DESCRIPTION_MAX,
     INTERVAL_MAX,
+    PRIORITIES,
     TAG_MAX,
     TAGS_MAX,
     TIME_MAX,
@@ -173,11 +175,31 @@ When = Annotated[
     AfterValidator(_in_range),
     Field(description="ISO-8601 with an offset or Z, e.g. 2026-12-01T09:00:00+01:00"),
 ]
-PriorityName = Literal["low", "medium", "high"]
+PriorityName = Literal["low", "medium", "high", "urgent"]  # models.task.PRIORITIES, in order
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+# A priority as frontends send it: the name in any letter case ("MEDIUM" from an enum, "Medium"
+# from a label), returned lowercase. The document lists the spellings clients use, so that a
+# generated client still refuses an unknown level.
+PRIORITY_SPELLINGS = [
+    spelling for name in PRIORITIES for spelling in (name, name.upper(), name.capitalize())
+]
+_PRIORITY_DESCRIPTION = f"{', '.join(PRIORITIES)}, in any letter case (returned lowercase)"
+PriorityInput = Annotated[
+    PriorityName,
+    BeforeValidator(_lower),
+    WithJsonSchema(
+        {"type": "string", "enum": PRIORITY_SPELLINGS, "description": _PRIORITY_DESCRIPTION}
+    ),
+]
 # Fields that may be left out of a body but are never null.
 Completed = Annotated[StrictBool, BeforeValidator(_not_null)]
 OptionalTitle = Annotated[Title, BeforeValidator(_not_null)]
-Priority = Annotated[PriorityName, BeforeValidator(_not_null)]
+Priority = Annotated[PriorityInput, BeforeValidator(_not_null)]
 TagList = Annotated[Tags, BeforeValidator(_not_null)]
 
 
@@ -334,11 +356,16 @@ class ChangesRead(BaseModel):
 
 
 def _priorities(value: Any) -> Any:
-    # ?priority=high,medium (comma-separated, as the contract says), or repeated.
+    # ?priority=high,medium (comma-separated, as the contract says), or repeated; any case.
     if isinstance(value, str):
         value = [value]
     if isinstance(value, list):
-        return [part.strip() for item in value if isinstance(item, str) for part in item.split(",")]
+        return [
+            part.strip().lower()
+            for item in value
+            if isinstance(item, str)
+            for part in item.split(",")
+        ]
     return value
 
 
@@ -387,9 +414,9 @@ class TaskQuery(BaseModel):
 
     status: Literal["all", "pending", "completed"] = "all"
     priority: Annotated[
-        list[PriorityName] | None,
+        list[PriorityInput] | None,
         BeforeValidator(_priorities),
-        Field(description="one or more of low, medium, high, comma-separated"),
+        Field(description=f"one or more of {_PRIORITY_DESCRIPTION}, comma-separated"),
     ] = None
     tag: Annotated[
         list[
@@ -418,7 +445,7 @@ class TaskQuery(BaseModel):
     sort: SortKey = Field(
         default="-created_at",
         description="a leading - for descending; ties are broken by id; tasks without due_at "
-        "come last either way; priority ascending is low to high",
+        f"come last either way; priority ascending is {PRIORITIES[0]} to {PRIORITIES[-1]}",
     )
     limit: int = Field(default=MAX_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
     cursor: Annotated[str | None, Field(min_length=1, max_length=1000)] = None

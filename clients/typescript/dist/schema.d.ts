@@ -394,9 +394,10 @@ export interface components {
             completed?: boolean;
             /**
              * Priority
+             * @description low, medium, high, urgent, in any letter case (returned lowercase)
              * @enum {string}
              */
-            priority?: "low" | "medium" | "high";
+            priority?: "low" | "LOW" | "Low" | "medium" | "MEDIUM" | "Medium" | "high" | "HIGH" | "High" | "urgent" | "URGENT" | "Urgent";
             /**
              * Tags
              * @description at most 20 tags of 1 to 32 characters; duplicates (in any case) are dropped, the order is kept
@@ -460,7 +461,7 @@ export interface components {
              * Priority
              * @enum {string}
              */
-            priority: "low" | "medium" | "high";
+            priority: "low" | "medium" | "high" | "urgent";
             /** Tags */
             tags: string[];
             /** Due At */
@@ -497,9 +498,10 @@ export interface components {
             completed?: boolean;
             /**
              * Priority
+             * @description low, medium, high, urgent, in any letter case (returned lowercase)
              * @enum {string}
              */
-            priority?: "low" | "medium" | "high";
+            priority?: "low" | "LOW" | "Low" | "medium" | "MEDIUM" | "Medium" | "high" | "HIGH" | "High" | "urgent" | "URGENT" | "Urgent";
             /**
              * Tags
              * @description at most 20 tags of 1 to 32 characters; duplicates (in any case) are dropped, the order is kept
@@ -537,9 +539,10 @@ export interface components {
             completed?: boolean;
             /**
              * Priority
+             * @description low, medium, high, urgent, in any letter case (returned lowercase)
              * @enum {string}
              */
-            priority?: "low" | "medium" | "high";
+            priority?: "low" | "LOW" | "Low" | "medium" | "MEDIUM" | "Medium" | "high" | "HIGH" | "High" | "urgent" | "URGENT" | "Urgent";
             /**
              * Tags
              * @description at most 20 tags of 1 to 32 characters; duplicates (in any case) are dropped, the order is kept
@@ -564,8 +567,8 @@ export interface operations {
         parameters: {
             query?: {
                 status?: "all" | "pending" | "completed";
-                /** @description one or more of low, medium, high, comma-separated */
-                priority?: ("low" | "medium" | "high")[];
+                /** @description one or more of low, medium, high, urgent, in any letter case (returned lowercase), comma-separated */
+                priority?: ("low" | "LOW" | "Low" | "medium" | "MEDIUM" | "Medium" | "high" | "HIGH" | "High" | "urgent" | "URGENT" | "Urgent")[];
                 /** @description repeatable: a task must have every tag given */
                 tag?: string[];
                 /** @description case-insensitive text in title or description, 1 to 100 characters */
@@ -575,7 +578,7 @@ export interface operations {
                 /** @description true: not completed and due in the past */
                 overdue?: boolean;
                 remind_before?: string;
-                /** @description a leading - for descending; ties are broken by id; tasks without due_at come last either way; priority ascending is low to high */
+                /** @description a leading - for descending; ties are broken by id; tasks without due_at come last either way; priority ascending is low to urgent */
                 sort?: "created_at" | "-created_at" | "updated_at" | "-updated_at" | "due_at" | "-due_at" | "priority" | "-priority" | "title" | "-title";
                 limit?: number;
                 cursor?: string;

@@ -8,7 +8,7 @@ export function refusedByTheTypes(client: TasksClient, task: Task): void {
   // @ts-expect-error: a title is required on create
   const untitled: TaskCreate = { description: "no title" };
   // @ts-expect-error: an unknown priority
-  const urgent: TaskCreate = { title: "x", priority: "urgent" };
+  const critical: TaskCreate = { title: "x", priority: "critical" };
   // @ts-expect-error: completed is a boolean, never null
   const unknown: TaskUpdate = { completed: null };
   // @ts-expect-error: the title is never null
@@ -17,7 +17,7 @@ export function refusedByTheTypes(client: TasksClient, task: Task): void {
   const untagged: TaskUpdate = { tags: null };
   // @ts-expect-error: an unknown recurrence frequency
   const hourly: TaskCreate = { title: "x", due_at: "2026-12-01T09:00:00Z", recurrence: { frequency: "hourly" } };
-  void [untitled, urgent, unknown, nulled, untagged, hourly];
+  void [untitled, critical, unknown, nulled, untagged, hourly];
 
   // @ts-expect-error: create needs a body
   void client.POST("/api/{user_id}/tasks", { params: { path: { user_id: task.user_id } } });
@@ -38,7 +38,11 @@ export function refusedByTheTypes(client: TasksClient, task: Task): void {
   // @ts-expect-error: no such route
   void client.GET("/api/{user_id}/todos", { params: { path: { user_id: "u" } } });
 
-  // What the server accepts passes, a recurrence without its interval (1) included.
+  // What the server accepts passes: a priority as frontends spell it, a recurrence without its
+  // interval (1).
+  const shouted: TaskCreate = { title: "x", priority: "URGENT" };
+  const read: Task["priority"] = "urgent";
+  void [shouted, read];
   const weekly: TaskCreate = { title: "x", due_at: "2026-12-01T09:00:00Z", recurrence: { frequency: "weekly" } };
   void weekly;
   void client.PATCH("/api/{user_id}/tasks/{task_id}/complete", { params: { path } });
