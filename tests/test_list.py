@@ -915,6 +915,34 @@ async def test_a_cursor_this_service_did_not_make_is_422(
     assert_cursor_refused(response, NOT_OURS)
 
 
+@pytest.mark.parametrize(
+    "respell",
+    [
+        pytest.param(lambda c: c[:5] + "!" + c[5:], id="junk-inside"),
+        pytest.param(lambda c: c[:5] + "." + c[5:], id="dot-inside"),
+        pytest.param(lambda c: c[:5] + " " + c[5:], id="space-inside"),
+        pytest.param(lambda c: c + "=" * (-len(c) % 4 or 4), id="padded"),
+        pytest.param(lambda c: c + "==", id="extra-padding"),
+        pytest.param(lambda c: c.replace("-", "+").replace("_", "/"), id="standard-alphabet"),
+        pytest.param(lambda c: c + "A", id="one-more-character"),
+    ],
+)
+async def test_a_cursor_is_only_the_exact_text_the_service_wrote(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine, respell: Callable[[str], str]
+) -> None:
+    # Base64 decoding skips what is not in its alphabet: one page had many spellings.
+    await insert_rows(engine, [row(n) for n in range(3)])
+    cursor = await next_cursor(client, auth, {})
+    assert (
+        await client.get(tasks_url({"limit": "1", "cursor": cursor}), headers=auth("alice"))
+    ).status_code == 200
+    spelled = respell(cursor)
+    if spelled == cursor:  # the cursor held no "-" or "_" to respell
+        return
+    response = await client.get(tasks_url({"limit": "1", "cursor": spelled}), headers=auth("alice"))
+    assert_cursor_refused(response, NOT_OURS)
+
+
 async def test_a_cursor_of_a_bogus_fingerprint_is_422(
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
 ) -> None:

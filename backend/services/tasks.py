@@ -767,19 +767,24 @@ def _fingerprint(user_id: str, query: TaskQuery) -> str:
 
 def _encode_cursor(values: list[Any], fingerprint: str) -> str:
     encoded = [value.isoformat() if isinstance(value, datetime) else value for value in values]
-    return (
-        base64.urlsafe_b64encode(orjson.dumps({"k": encoded, "f": fingerprint}))
-        .decode()
-        .rstrip("=")
-    )
+    return _b64(orjson.dumps({"k": encoded, "f": fingerprint}))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str, sort: str, fingerprint: str) -> list[Any]:
     malformed = ValidationFailed("cursor: is not a cursor this service made", field="cursor")
     try:
-        document = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        encoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        document = orjson.loads(encoded)
     except (ValueError, binascii.Error):
         raise malformed from None
+    # Decoding skips what is not in the alphabet (and padding and unused bits may vary): only
+    # the exact text this service wrote is a cursor, so one page has one spelling.
+    if _b64(encoded) != cursor:
+        raise malformed
     if not isinstance(document, dict) or not isinstance(document.get("k"), list):
         raise malformed
     if document.get("f") != fingerprint:
