@@ -1,5 +1,6 @@
 """The HTTP server `taskapi serve` runs: uvicorn's httptools protocol with bounds on what a
-client may send before the application sees a request.
+client may send before the application sees a request; and, with `--workers N`, uvicorn's
+supervisor, made to let go of the listening socket at once when it is told to stop.
 
 uvicorn bounds neither the size of a request head (request line + headers) on httptools, nor
 the time it may take to arrive (`h11_max_incomplete_event_size` applies to h11 only, and
@@ -18,10 +19,15 @@ connections trickling unfinished heads held memory for as long as they liked.
 
 import asyncio
 import functools
+import signal
+import socket
+from types import FrameType
 from typing import Any, cast
 
 import orjson
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 # Request line + headers. Browsers' heads are a few KiB (cookies up to ~8 KiB); a bearer token
 # from a JWKS-backed auth is 1-2 KiB. nginx's default large_client_header_buffers is 4 x 8 KiB.
@@ -125,3 +131,34 @@ def http_protocol(head_timeout: float) -> type[asyncio.Protocol]:
     it like a class; a partial of a module-level class is picklable, so spawned workers get it)."""
     factory = functools.partial(BoundedHttpToolsProtocol, head_timeout=head_timeout)
     return cast(type[asyncio.Protocol], factory)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of `--workers N`, which closes its copy of the listening socket the
+    moment it is told to stop (SIGTERM, SIGINT).
+
+    The workers and the supervisor all hold the one listening socket (the supervisor to hand it
+    to a worker it starts in place of one that died). On SIGTERM each worker closes its copy and
+    drains its requests; uvicorn's supervisor kept its own until the workers had finished, so
+    the kernel went on completing connections into a backlog no process read: new clients hung
+    for the graceful period and were then reset. Closed in the signal handler, the socket is
+    gone with the last worker's copy, and new connections are refused.
+    """
+
+    def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self.stopping = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._stop_listening)
+
+    def _stop_listening(self, sig: int, frame: FrameType | None) -> None:
+        if not self.stopping:
+            self.stopping = True
+            listening, self.sockets = self.sockets, []  # a worker started from now on gets none
+            for sock in listening:
+                sock.close()
+        self.signal_queue.append(sig)  # uvicorn's loop then stops the workers, as before
+
+    def keep_subprocess_alive(self) -> None:
+        if not self.stopping:  # a worker that ends now is not replaced
+            super().keep_subprocess_alive()
