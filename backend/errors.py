@@ -12,6 +12,7 @@
     ├── NotFound                   404 NOT_FOUND
     │   └── TaskNotFound               TASK_NOT_FOUND
     ├── MethodNotAllowed           405 METHOD_NOT_ALLOWED
+    ├── RequestTimeout             408 REQUEST_TIMEOUT (a request head too slow: server.py)
     ├── QuotaExceeded              409 QUOTA_EXCEEDED  (MAX_TASKS_PER_USER)
     ├── SyncTokenExpired           410 SYNC_TOKEN_EXPIRED
     ├── PreconditionFailed         412 PRECONDITION_FAILED (+ current, ETag)
@@ -20,11 +21,14 @@
     ├── ValidationFailed           422 VALIDATION_ERROR (+ field)
     │   └── IdempotencyKeyReused       IDEMPOTENCY_KEY_REUSED
     ├── RateLimited                429 RATE_LIMITED    (+ Retry-After, RateLimit-*)
+    ├── HeadersTooLarge            431 HEADERS_TOO_LARGE (a request head too large: server.py)
     └── ServiceUnavailable         503 SERVICE_UNAVAILABLE (+ Retry-After)
 
 Body: {"detail": str, "code": str, "field"?: str, "errors"?: [{"field", "message"}]}, and for a
 412 the task as it is now in "current".
 Nothing else raises HTTPException; no response carries a traceback, SQL or a driver's message.
+The HTTP server answers a few requests before the application sees them (server.py: a request
+that is not HTTP, a head too large or too slow) with the same bodies, built from these classes.
 An HTTPException that Starlette or FastAPI raise themselves keeps its status and headers and
 gets the code of its status. Unexpected failures are answered by `UnexpectedErrors`, a
 middleware inside CORS, so that even a 500 carries the CORS headers a browser needs to read it.
@@ -143,6 +147,12 @@ class MethodNotAllowed(AppError):
         return {} if self.allow is None else {"Allow": self.allow}
 
 
+class RequestTimeout(AppError):
+    status_code = 408
+    code = "REQUEST_TIMEOUT"
+    default_detail = "The request line and headers did not arrive in time (HTTP_HEADER_TIMEOUT)"
+
+
 class QuotaExceeded(AppError):
     status_code = 409
     code = "QUOTA_EXCEEDED"
@@ -230,6 +240,12 @@ class RateLimited(AppError):
             "RateLimit-Remaining": "0",
             "RateLimit-Reset": str(self.retry_after),
         }
+
+
+class HeadersTooLarge(AppError):
+    status_code = 431
+    code = "HEADERS_TOO_LARGE"
+    default_detail = "The request line and headers are too large"
 
 
 class ServiceUnavailable(AppError):
@@ -352,9 +368,11 @@ _BY_STATUS: dict[int, type[AppError]] = {
         Forbidden,
         NotFound,
         MethodNotAllowed,
+        RequestTimeout,
         PayloadTooLarge,
         UnsupportedMediaType,
         ValidationFailed,
+        HeadersTooLarge,
         ServiceUnavailable,
     )
 }

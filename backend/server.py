@@ -1,6 +1,7 @@
 """The HTTP server `taskapi serve` runs: uvicorn's httptools protocol with bounds on what a
-client may send before the application sees a request; and, with `--workers N`, uvicorn's
-supervisor, made to let go of the listening socket at once when it is told to stop.
+client may send before the application sees a request, answering in the API's error format;
+and, with `--workers N`, uvicorn's supervisor, made to let go of the listening socket at once
+when it is told to stop.
 
 uvicorn bounds neither the size of a request head (request line + headers) on httptools, nor
 the time it may take to arrive (`h11_max_incomplete_event_size` applies to h11 only, and
@@ -15,10 +16,17 @@ connections trickling unfinished heads held memory for as long as they liked.
   connection being opened): otherwise 408 and the connection is closed. A connection idle
   between requests is not timed by this (uvicorn's keep-alive timeout is), nor is a request
   whose head has arrived (a slow body, a long event stream).
+- A request that is not HTTP (httptools cannot parse it) is answered 400 BAD_REQUEST.
+
+These answers are the error family's bodies (errors.py: BadRequest, HeadersTooLarge,
+RequestTimeout), with a new X-Request-ID, named in the one log line each writes, and
+`X-Content-Type-Options: nosniff`, as the application's own errors are; uvicorn's 400 was
+plain text.
 """
 
 import asyncio
 import functools
+import logging
 import signal
 import socket
 from types import FrameType
@@ -29,9 +37,20 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Multiprocess
 
+from backend.errors import AppError, BadRequest, HeadersTooLarge, RequestTimeout, error_body
+from backend.middleware.requests import new_request_id
+
+logger = logging.getLogger("backend.server")
+
 # Request line + headers. Browsers' heads are a few KiB (cookies up to ~8 KiB); a bearer token
 # from a JWKS-backed auth is 1-2 KiB. nginx's default large_client_header_buffers is 4 x 8 KiB.
 MAX_HEAD_BYTES = 64 * 1024
+
+NOT_HTTP = BadRequest("The request is not valid HTTP/1.1")
+HEAD_TOO_LARGE = HeadersTooLarge(
+    f"The request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB"
+)
+HEAD_TOO_SLOW = RequestTimeout()
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -71,7 +90,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.heads_completed == heads:
-            self._refuse(431, "HEADERS_TOO_LARGE", "The request line and headers are too large")
+            self._refuse(HEAD_TOO_LARGE)
         else:
             self.data_received(data[room:])
 
@@ -106,23 +125,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self.head_timer = None
         if self.head_bytes is not None and not self.transport.is_closing():
-            self._refuse(408, "REQUEST_TIMEOUT", "The request headers did not arrive in time")
+            self._refuse(HEAD_TOO_SLOW)
 
-    def _refuse(self, status: int, code: str, detail: str) -> None:
+    def send_400_response(self, msg: str) -> None:
+        # httptools could not parse the bytes received (uvicorn has logged a warning).
+        self._refuse(NOT_HTTP)
+
+    def _refuse(self, error: AppError) -> None:
         """Answer and close, unless a response to an earlier (pipelined) request is still
         being written: then only close, as an answer would be mixed into that one."""
         self._cancel_head_timer()
         self.head_bytes = None
         if self.cycle is None or self.cycle.response_complete:
-            body = orjson.dumps({"detail": detail, "code": code})
-            head = [STATUS_LINE[status]]
+            rid = new_request_id()
+            body = orjson.dumps(error_body(error))
+            head = [STATUS_LINE[error.status_code]]
             for name, value in self.server_state.default_headers:
                 head += [name, b": ", value, b"\r\n"]
             head.append(
-                b"content-type: application/json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+                b"content-type: application/json\r\ncontent-length: %d\r\n"
+                b"x-request-id: %s\r\nx-content-type-options: nosniff\r\n"
+                b"connection: close\r\n\r\n" % (len(body), rid.encode())
             )
             self.transport.write(b"".join(head) + body)
+            logger.info(
+                "%d %s answered by the HTTP server: %s",
+                error.status_code,
+                error.code,
+                error.detail,
+                extra={"request_id": rid},
+            )
         self.transport.close()
 
 

@@ -27,6 +27,10 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _QUIET_PATHS = {"/health", "/ready", "/metrics"}
 
 
+def new_request_id() -> str:
+    return secrets.token_hex(16)  # 32 hex digits, as uuid4().hex, without building a UUID
+
+
 def incoming_request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
@@ -34,7 +38,7 @@ def incoming_request_id(scope: Scope) -> str:
             if _SANE_ID.fullmatch(candidate):
                 return candidate
             break
-    return secrets.token_hex(16)  # 32 hex digits, as uuid4().hex, without building a UUID
+    return new_request_id()
 
 
 def route_template(routes: list[BaseRoute], scope: Scope) -> str:
