@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     rate_limit: int = Field(
         default=600, ge=0, description="requests a minute per user (429 beyond); 0: no limit"
     )
+    rate_limit_anonymous: int = Field(
+        default=600,
+        ge=0,
+        description="requests a minute per client address (an IPv6 address by its /64) that "
+        "are refused as unauthenticated or forbidden or that no route takes (429 beyond); "
+        "0: no limit",
+    )
     rate_limit_storage: str = Field(
         default="memory://",
         description="memory:// (each process counts) or redis://host:port/db (rediss:// for "

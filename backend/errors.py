@@ -35,7 +35,7 @@ middleware inside CORS, so that even a 500 carries the CORS headers a browser ne
 """
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -226,10 +226,10 @@ class RateLimited(AppError):
     status_code = 429
     code = "RATE_LIMITED"
 
-    def __init__(self, *, limit: int, retry_after: int) -> None:
-        super().__init__(
-            f"More than {limit} requests a minute (RATE_LIMIT): retry in {retry_after} s"
-        )
+    def __init__(
+        self, *, limit: int, retry_after: int, of: str = "requests a minute (RATE_LIMIT)"
+    ) -> None:
+        super().__init__(f"More than {limit} {of}: retry in {retry_after} s")
         self.limit = limit
         self.retry_after = retry_after  # seconds until the window closes, at least 1
 
@@ -461,8 +461,21 @@ class Cors(CORSMiddleware):
         return refused
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, *, unrouted: Callable[[Scope], Awaitable[AppError | None]] | None = None
+) -> None:
+    """`unrouted` is consulted before a request that no route takes (404, 405) is answered; the
+    error it returns, if any, is answered instead (main.py: the client address's budget)."""
+
+    async def on_http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if unrouted is not None and exc.status_code in (404, 405):
+            instead = await unrouted(request.scope)
+            if instead is not None:
+                return error_response(instead)
+        return await _on_http_exception(request, exc)
+
     app.add_exception_handler(AppError, _on_app_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(DatabaseUnavailable, _on_unavailable)

@@ -102,9 +102,11 @@ def taskapi_serve(
                 "DATA_DIR": str(folder),
                 "DB_POOLER": "transaction" if database_url in POOLED_URLS else "none",
                 "LOG_LEVEL": "INFO",  # the start-up lines below are INFO
-                # Their clients send hundreds of requests a minute as one user; the limit has
-                # tests of its own, which set it.
+                # Their clients send hundreds of requests a minute as one user (and open their
+                # connections with unauthenticated ones); the limits have tests of their own,
+                # which set them.
                 "RATE_LIMIT": "0",
+                "RATE_LIMIT_ANONYMOUS": "0",
                 # This checkout's code, whichever checkout the venv was installed from.
                 "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
                 **(settings or {}),

@@ -660,7 +660,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -839,7 +839,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -964,7 +964,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1101,7 +1101,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1247,7 +1247,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1398,7 +1398,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1588,7 +1588,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1741,7 +1741,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1931,7 +1931,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -2125,7 +2125,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */

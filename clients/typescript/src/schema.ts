@@ -661,7 +661,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -840,7 +840,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -965,7 +965,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1102,7 +1102,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1248,7 +1248,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1399,7 +1399,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1589,7 +1589,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1742,7 +1742,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1932,7 +1932,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -2126,7 +2126,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
