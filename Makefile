@@ -14,8 +14,12 @@ $(UV):
 	python3 -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
-$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+# Bytecode compiled at install: otherwise each process (each worker of `taskapi serve
+# --workers N`) compiles every module it imports when it starts, or again at every start where
+# it cannot write __pycache__ (PYTHONDONTWRITEBYTECODE, a read-only image), which made workers
+# start slower than uvicorn's health check allowed on a busy machine.
+$(VENV)/.synced: pyproject.toml uv.lock Makefile | $(UV)
+	$(UV) sync --frozen --compile-bytecode
 	touch $@
 
 install: $(VENV)/.synced

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from types import FrameType
+from typing import Any
 
 import jwt
 import uvicorn
@@ -25,6 +26,7 @@ _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # On SIGTERM, requests in flight get this long to finish; open event streams, which never
 # finish by themselves, are then closed (their clients reconnect with Last-Event-ID).
 GRACEFUL_SHUTDOWN_SECONDS = 10
+APP = "backend.main:app"
 
 
 def _ttl(text: str) -> int:
@@ -61,21 +63,32 @@ def _serve(settings: Settings, args: argparse.Namespace) -> None:
     # after a clean shutdown. Exiting 0 says it stopped as asked (before uvicorn takes the
     # signal over, it simply ends the process, as the default would).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    uvicorn.run(
-        "backend.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http=server.http_protocol(head_timeout=settings.http_header_timeout),
-        proxy_headers=args.proxy_headers,
-        log_level=settings.log_level.lower(),
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "loop": "uvloop",
+        "http": server.http_protocol(head_timeout=settings.http_header_timeout),
+        "proxy_headers": args.proxy_headers,
+        "log_level": settings.log_level.lower(),
         # Each worker configures logging as this process did; our access line (route
         # templates, request ids) replaces uvicorn's, which prints raw paths.
-        log_config=logging_config(settings),
-        access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
+        "log_config": logging_config(settings),
+        "access_log": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        "timeout_worker_healthcheck": settings.worker_healthcheck_timeout,
+    }
+    if args.workers > 1:
+        # What uvicorn.run does for several workers, with a supervisor that lets go of the
+        # listening socket as soon as it is told to stop (server.Supervisor).
+        config = uvicorn.Config(APP, **options)
+        listener = config.bind_socket()
+        try:
+            server.Supervisor(config, sockets=[listener]).run()
+        finally:
+            listener.close()
+    else:
+        uvicorn.run(APP, **options)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

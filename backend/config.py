@@ -83,9 +83,23 @@ class Settings(BaseSettings):
         description="seconds a request's line and headers may take to arrive, from their first "
         "byte (or from the connection being opened), before 408 and the connection is closed",
     )
+    worker_healthcheck_timeout: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="with --workers N: seconds a worker may take to answer the supervisor's "
+        "health check (starting up included) before it is killed and replaced",
+    )
     log_level: str = "INFO"
     rate_limit: int = Field(
         default=600, ge=0, description="requests a minute per user (429 beyond); 0: no limit"
+    )
+    rate_limit_anonymous: int = Field(
+        default=600,
+        ge=0,
+        description="requests a minute per client address (an IPv6 address by its /64) that "
+        "are refused as unauthenticated or forbidden or that no route takes (429 beyond); "
+        "0: no limit",
     )
     rate_limit_storage: str = Field(
         default="memory://",

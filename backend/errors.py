@@ -12,6 +12,7 @@
     ├── NotFound                   404 NOT_FOUND
     │   └── TaskNotFound               TASK_NOT_FOUND
     ├── MethodNotAllowed           405 METHOD_NOT_ALLOWED
+    ├── RequestTimeout             408 REQUEST_TIMEOUT (a request head too slow: server.py)
     ├── QuotaExceeded              409 QUOTA_EXCEEDED  (MAX_TASKS_PER_USER)
     ├── SyncTokenExpired           410 SYNC_TOKEN_EXPIRED
     ├── PreconditionFailed         412 PRECONDITION_FAILED (+ current, ETag)
@@ -20,18 +21,21 @@
     ├── ValidationFailed           422 VALIDATION_ERROR (+ field)
     │   └── IdempotencyKeyReused       IDEMPOTENCY_KEY_REUSED
     ├── RateLimited                429 RATE_LIMITED    (+ Retry-After, RateLimit-*)
+    ├── HeadersTooLarge            431 HEADERS_TOO_LARGE (a request head too large: server.py)
     └── ServiceUnavailable         503 SERVICE_UNAVAILABLE (+ Retry-After)
 
 Body: {"detail": str, "code": str, "field"?: str, "errors"?: [{"field", "message"}]}, and for a
 412 the task as it is now in "current".
 Nothing else raises HTTPException; no response carries a traceback, SQL or a driver's message.
+The HTTP server answers a few requests before the application sees them (server.py: a request
+that is not HTTP, a head too large or too slow) with the same bodies, built from these classes.
 An HTTPException that Starlette or FastAPI raise themselves keeps its status and headers and
 gets the code of its status. Unexpected failures are answered by `UnexpectedErrors`, a
 middleware inside CORS, so that even a 500 carries the CORS headers a browser needs to read it.
 """
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -143,6 +147,12 @@ class MethodNotAllowed(AppError):
         return {} if self.allow is None else {"Allow": self.allow}
 
 
+class RequestTimeout(AppError):
+    status_code = 408
+    code = "REQUEST_TIMEOUT"
+    default_detail = "The request line and headers did not arrive in time (HTTP_HEADER_TIMEOUT)"
+
+
 class QuotaExceeded(AppError):
     status_code = 409
     code = "QUOTA_EXCEEDED"
@@ -216,10 +226,10 @@ class RateLimited(AppError):
     status_code = 429
     code = "RATE_LIMITED"
 
-    def __init__(self, *, limit: int, retry_after: int) -> None:
-        super().__init__(
-            f"More than {limit} requests a minute (RATE_LIMIT): retry in {retry_after} s"
-        )
+    def __init__(
+        self, *, limit: int, retry_after: int, of: str = "requests a minute (RATE_LIMIT)"
+    ) -> None:
+        super().__init__(f"More than {limit} {of}: retry in {retry_after} s")
         self.limit = limit
         self.retry_after = retry_after  # seconds until the window closes, at least 1
 
@@ -230,6 +240,12 @@ class RateLimited(AppError):
             "RateLimit-Remaining": "0",
             "RateLimit-Reset": str(self.retry_after),
         }
+
+
+class HeadersTooLarge(AppError):
+    status_code = 431
+    code = "HEADERS_TOO_LARGE"
+    default_detail = "The request line and headers are too large"
 
 
 class ServiceUnavailable(AppError):
@@ -352,9 +368,11 @@ _BY_STATUS: dict[int, type[AppError]] = {
         Forbidden,
         NotFound,
         MethodNotAllowed,
+        RequestTimeout,
         PayloadTooLarge,
         UnsupportedMediaType,
         ValidationFailed,
+        HeadersTooLarge,
         ServiceUnavailable,
     )
 }
@@ -443,8 +461,21 @@ class Cors(CORSMiddleware):
         return refused
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, *, unrouted: Callable[[Scope], Awaitable[AppError | None]] | None = None
+) -> None:
+    """`unrouted` is consulted before a request that no route takes (404, 405) is answered; the
+    error it returns, if any, is answered instead (main.py: the client address's budget)."""
+
+    async def on_http_exception(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if unrouted is not None and exc.status_code in (404, 405):
+            instead = await unrouted(request.scope)
+            if instead is not None:
+                return error_response(instead)
+        return await _on_http_exception(request, exc)
+
     app.add_exception_handler(AppError, _on_app_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(DatabaseUnavailable, _on_unavailable)

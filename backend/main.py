@@ -212,7 +212,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.changes = ChangeHub(settings)
     app.state.rate_limiter = RateLimiter(settings)
     app.state.metrics = Metrics(app.state.db)
-    install_error_handlers(app)
+    # Requests no route takes count against the client address's budget, as refusals do.
+    install_error_handlers(app, unrouted=app.state.rate_limiter.refusal_for)
     # The routers' routes are the app's own: FastAPI would wrap each included router in one more
     # layer that matches every request twice (about 70 µs a request, measured). They go first:
     # the router tries routes in order, and the docs' five need not be tried for every request.

@@ -1,5 +1,7 @@
 """The HTTP server `taskapi serve` runs: uvicorn's httptools protocol with bounds on what a
-client may send before the application sees a request.
+client may send before the application sees a request, answering in the API's error format;
+and, with `--workers N`, uvicorn's supervisor, made to let go of the listening socket at once
+when it is told to stop.
 
 uvicorn bounds neither the size of a request head (request line + headers) on httptools, nor
 the time it may take to arrive (`h11_max_incomplete_event_size` applies to h11 only, and
@@ -14,18 +16,41 @@ connections trickling unfinished heads held memory for as long as they liked.
   connection being opened): otherwise 408 and the connection is closed. A connection idle
   between requests is not timed by this (uvicorn's keep-alive timeout is), nor is a request
   whose head has arrived (a slow body, a long event stream).
+- A request that is not HTTP (httptools cannot parse it) is answered 400 BAD_REQUEST.
+
+These answers are the error family's bodies (errors.py: BadRequest, HeadersTooLarge,
+RequestTimeout), with a new X-Request-ID, named in the one log line each writes, and
+`X-Content-Type-Options: nosniff`, as the application's own errors are; uvicorn's 400 was
+plain text.
 """
 
 import asyncio
 import functools
+import logging
+import signal
+import socket
+from types import FrameType
 from typing import Any, cast
 
 import orjson
+from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+from backend.errors import AppError, BadRequest, HeadersTooLarge, RequestTimeout, error_body
+from backend.middleware.requests import new_request_id
+
+logger = logging.getLogger("backend.server")
 
 # Request line + headers. Browsers' heads are a few KiB (cookies up to ~8 KiB); a bearer token
 # from a JWKS-backed auth is 1-2 KiB. nginx's default large_client_header_buffers is 4 x 8 KiB.
 MAX_HEAD_BYTES = 64 * 1024
+
+NOT_HTTP = BadRequest("The request is not valid HTTP/1.1")
+HEAD_TOO_LARGE = HeadersTooLarge(
+    f"The request line and headers are larger than {MAX_HEAD_BYTES // 1024} KiB"
+)
+HEAD_TOO_SLOW = RequestTimeout()
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -65,7 +90,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.heads_completed == heads:
-            self._refuse(431, "HEADERS_TOO_LARGE", "The request line and headers are too large")
+            self._refuse(HEAD_TOO_LARGE)
         else:
             self.data_received(data[room:])
 
@@ -100,23 +125,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self.head_timer = None
         if self.head_bytes is not None and not self.transport.is_closing():
-            self._refuse(408, "REQUEST_TIMEOUT", "The request headers did not arrive in time")
+            self._refuse(HEAD_TOO_SLOW)
 
-    def _refuse(self, status: int, code: str, detail: str) -> None:
+    def send_400_response(self, msg: str) -> None:
+        # httptools could not parse the bytes received (uvicorn has logged a warning).
+        self._refuse(NOT_HTTP)
+
+    def _refuse(self, error: AppError) -> None:
         """Answer and close, unless a response to an earlier (pipelined) request is still
         being written: then only close, as an answer would be mixed into that one."""
         self._cancel_head_timer()
         self.head_bytes = None
         if self.cycle is None or self.cycle.response_complete:
-            body = orjson.dumps({"detail": detail, "code": code})
-            head = [STATUS_LINE[status]]
+            rid = new_request_id()
+            body = orjson.dumps(error_body(error))
+            head = [STATUS_LINE[error.status_code]]
             for name, value in self.server_state.default_headers:
                 head += [name, b": ", value, b"\r\n"]
             head.append(
-                b"content-type: application/json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+                b"content-type: application/json\r\ncontent-length: %d\r\n"
+                b"x-request-id: %s\r\nx-content-type-options: nosniff\r\n"
+                b"connection: close\r\n\r\n" % (len(body), rid.encode())
             )
             self.transport.write(b"".join(head) + body)
+            logger.info(
+                "%d %s answered by the HTTP server: %s",
+                error.status_code,
+                error.code,
+                error.detail,
+                extra={"request_id": rid},
+            )
         self.transport.close()
 
 
@@ -125,3 +163,34 @@ def http_protocol(head_timeout: float) -> type[asyncio.Protocol]:
     it like a class; a partial of a module-level class is picklable, so spawned workers get it)."""
     factory = functools.partial(BoundedHttpToolsProtocol, head_timeout=head_timeout)
     return cast(type[asyncio.Protocol], factory)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor of `--workers N`, which closes its copy of the listening socket the
+    moment it is told to stop (SIGTERM, SIGINT).
+
+    The workers and the supervisor all hold the one listening socket (the supervisor to hand it
+    to a worker it starts in place of one that died). On SIGTERM each worker closes its copy and
+    drains its requests; uvicorn's supervisor kept its own until the workers had finished, so
+    the kernel went on completing connections into a backlog no process read: new clients hung
+    for the graceful period and were then reset. Closed in the signal handler, the socket is
+    gone with the last worker's copy, and new connections are refused.
+    """
+
+    def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets)
+        self.stopping = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._stop_listening)
+
+    def _stop_listening(self, sig: int, frame: FrameType | None) -> None:
+        if not self.stopping:
+            self.stopping = True
+            listening, self.sockets = self.sockets, []  # a worker started from now on gets none
+            for sock in listening:
+                sock.close()
+        self.signal_queue.append(sig)  # uvicorn's loop then stops the workers, as before
+
+    def keep_subprocess_alive(self) -> None:
+        if not self.stopping:  # a worker that ends now is not replaced
+            super().keep_subprocess_alive()

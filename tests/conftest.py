@@ -459,9 +459,10 @@ def live_server(
         "BETTER_AUTH_SECRET": SECRET,
         "MIGRATE_ON_START": "false",
         "DATA_DIR": str(tmp_path),
-        # Its modules send hundreds of requests a minute as one user; the rate limit has tests
-        # of its own (test_limits*.py).
+        # Its modules send hundreds of requests a minute as one user, and unauthenticated ones
+        # from one address; the rate limits have tests of their own (test_limits*.py).
         "RATE_LIMIT": "0",
+        "RATE_LIMIT_ANONYMOUS": "0",
         **getattr(request.module, "LIVE_SERVER_ENV", {}),
     }
     log = (tmp_path / "server.log").open("wb")

@@ -1693,7 +1693,7 @@ async def test_e2e_refusals_say_what_to_fix_and_are_logged(
             assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
             logged = [r for r in caplog.records if r.name == "backend.auth"]
             assert [(r.levelno, r.getMessage()) for r in logged] == [
-                (logging.INFO, f"GET /api/{user}/tasks refused: 401 {code}: {detail}")
+                (logging.INFO, f"GET /api/{{user_id}}/tasks refused: 401 {code}: {detail}")
             ]
             assert token not in caplog.text
             assert all(token not in repr(r.__dict__) for r in caplog.records)

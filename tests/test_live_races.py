@@ -56,6 +56,10 @@ class Served:
     log: Path
 
 
+# What uvicorn's supervisor logs when it has killed (or lost) a worker, before it starts another.
+WORKER_DIED = re.compile(r"Child process \[\d+\] died")
+
+
 def _started_workers(log: Path) -> list[int]:
     return [int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", log.read_text())]
 
@@ -98,9 +102,11 @@ def taskapi_serve(
                 "DATA_DIR": str(folder),
                 "DB_POOLER": "transaction" if database_url in POOLED_URLS else "none",
                 "LOG_LEVEL": "INFO",  # the start-up lines below are INFO
-                # Their clients send hundreds of requests a minute as one user; the limit has
-                # tests of its own, which set it.
+                # Their clients send hundreds of requests a minute as one user (and open their
+                # connections with unauthenticated ones); the limits have tests of their own,
+                # which set them.
                 "RATE_LIMIT": "0",
+                "RATE_LIMIT_ANONYMOUS": "0",
                 # This checkout's code, whichever checkout the venv was installed from.
                 "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
                 **(settings or {}),
@@ -113,8 +119,14 @@ def taskapi_serve(
         )
     try:
         deadline = time.monotonic() + START_SECONDS
-        while log.read_text().count("Application startup complete") < workers:
-            if process.poll() is not None or time.monotonic() > deadline:
+        while (text := log.read_text()).count("Application startup complete") < workers:
+            # A worker killed and replaced while starting (uvicorn's health check) is a failure
+            # as soon as it happens, not a wait for the deadline.
+            if (
+                process.poll() is not None
+                or time.monotonic() > deadline
+                or WORKER_DIED.search(text)
+            ):
                 raise RuntimeError(f"taskapi serve did not start:\n{log.read_text()}")
             time.sleep(0.05)
         pids = _started_workers(log)

@@ -1,4 +1,5 @@
-"""The server `taskapi serve` runs, over real sockets: request heads bounded in size and time.
+"""The server `taskapi serve` runs, over real sockets: request heads bounded in size and time,
+and the server's own answers (400, 408, 431) in the API's error format.
 
 A `taskapi serve` process of its own on a SQLite file (the limits are the HTTP server's, the
 same on either database). Clients are plain sockets, so that they can send what no HTTP
@@ -6,6 +7,7 @@ library would: a 50 MB header, heads that never end. Every wait is bounded by a 
 what is asserted is what the server decided (431, 408, closed), not how fast.
 """
 
+import re
 import socket
 import threading
 import time
@@ -14,9 +16,11 @@ from pathlib import Path
 
 import httpx
 import jwt
+import orjson
 import pytest
 
-from backend.server import MAX_HEAD_BYTES
+from backend.errors import AppError, error_body
+from backend.server import HEAD_TOO_LARGE, HEAD_TOO_SLOW, MAX_HEAD_BYTES, NOT_HTTP
 from tests.conftest import SECRET
 from tests.test_live_races import Served, taskapi_serve
 
@@ -85,13 +89,43 @@ def status_of(response: bytes) -> int | None:
     return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1 ") else None
 
 
+def assert_refused_by_the_server(response: bytes, status: int, error: AppError) -> None:
+    """The HTTP server's own answer: the error's JSON body, a new request id, nosniff, and the
+    connection closed."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert status_of(response) == status, response[:300]
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    }
+    assert headers[b"content-type"] == b"application/json"
+    assert orjson.loads(body) == error_body(error)
+    assert re.fullmatch(rb"[0-9a-f]{32}", headers[b"x-request-id"]), headers
+    assert headers[b"x-content-type-options"] == b"nosniff"
+    assert headers[b"connection"] == b"close"
+
+
 def test_a_head_over_the_limit_is_431_and_closed(served: Served) -> None:
     with socket.create_connection(("127.0.0.1", served.port), timeout=DEADLINE) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES + 10))
         response = read_until_closed(sock, time.monotonic() + DEADLINE)
-    assert status_of(response) == 431, response[:300]
-    assert b'"code":"HEADERS_TOO_LARGE"' in response
-    assert b"connection: close" in response
+    assert_refused_by_the_server(response, 431, HEAD_TOO_LARGE)
+    assert error_body(HEAD_TOO_LARGE)["code"] == "HEADERS_TOO_LARGE"
+
+
+def test_a_request_that_is_not_http_is_a_json_400(served: Served) -> None:
+    ids = set()
+    for garbage in (
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", served.port), timeout=DEADLINE) as sock:
+            sock.sendall(garbage)  # a TLS ClientHello to a plain-HTTP port; a broken header
+            response = read_until_closed(sock, time.monotonic() + DEADLINE)
+        assert_refused_by_the_server(response, 400, NOT_HTTP)
+        ids.add(response.split(b"x-request-id: ", 1)[1][:32])
+    assert error_body(NOT_HTTP)["code"] == "BAD_REQUEST"
+    assert len(ids) == 2  # a new id for each
 
 
 def test_a_head_within_the_limit_is_served(served: Served) -> None:
@@ -239,8 +273,8 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
         ("127.0.0.1", served_fast_timeout.port), timeout=DEADLINE
     ) as sock:
         response = read_until_closed(sock, time.monotonic() + DEADLINE)
-    assert status_of(response) == 408, response[:300]
-    assert b'"code":"REQUEST_TIMEOUT"' in response
+    assert_refused_by_the_server(response, 408, HEAD_TOO_SLOW)
+    assert error_body(HEAD_TOO_SLOW)["code"] == "REQUEST_TIMEOUT"
 
 
 def test_the_header_timeout_does_not_cut_long_responses_or_kept_alive_connections(

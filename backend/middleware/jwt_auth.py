@@ -8,7 +8,9 @@ Flow for every route under /api/{user_id}/…:
        string are ignored)
      - a token that fails verification            → 401 TOKEN_INVALID / TOKEN_EXPIRED
      - the token's `sub` ≠ the path's `{user_id}` → 403 FORBIDDEN
-     Every refusal is logged at INFO on "backend.auth" with its reason; the token never is.
+     Every refusal counts against the client address's budget (RATE_LIMIT_ANONYMOUS, 429
+     beyond it: rate_limit.py) and is logged at INFO on "backend.auth" with its route template
+     and reason; the token, the path and user ids never are.
   2. `CurrentUser` is the handler's verified user id (the path's, once authenticate() has
      compared it); BEARER_SCHEME is what the OpenAPI document says of the token (the
      Authorize button of /docs).
@@ -31,12 +33,14 @@ from fastapi import Path, Request
 
 from backend.config import Settings
 from backend.errors import AppError, AuthError, AuthRequired, Forbidden, TokenExpired, TokenInvalid
+from backend.metrics import UNMATCHED
 from backend.middleware.jwks import (
     ASYMMETRIC_ALGORITHMS,
     FETCH_TIMEOUT_SECONDS,
     Clock,
     JwksCache,
 )
+from backend.middleware.rate_limit import RateLimiter
 from backend.models.task import CONTROL_CHARACTER, USER_ID_MAX
 
 logger = logging.getLogger("backend.auth")
@@ -316,25 +320,32 @@ def _printable(text: str) -> str:
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
 
 
-def _refused(request: Request, refusal: AppError, reason: str) -> None:
-    path = _printable(request.scope["path"])  # as routed: percent-decoded, so escaped
+async def _refused(request: Request, refusal: AppError, reason: str) -> None:
+    """Count the refusal against the client's address, which beyond RATE_LIMIT_ANONYMOUS turns
+    it into a 429 (rate_limit.py logs that once), else log it. The line names the route's
+    template, never the path, which holds user ids and, percent-decoded, anything a client
+    likes; and the reason names no user."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    instead = await limiter.refusal_for(request.scope)
+    if instead is not None:
+        raise instead from None
+    route = getattr(request.scope.get("route"), "path", UNMATCHED)
     logger.info(
-        "%s %s refused: %d %s: %s", request.method, path, refusal.status_code, refusal.code, reason
+        "%s %s refused: %d %s: %s", request.method, route, refusal.status_code, refusal.code, reason
     )
 
 
 async def authenticate(request: Request) -> str:
-    """Verify the bearer token and that it belongs to the path's user; return the user id."""
+    """Verify the bearer token and that it belongs to the path's user; return the user id.
+    A refusal (401, 403) counts against the client address's budget (429 beyond it)."""
     try:
         user_id = await _bearer_user(request)
     except AuthError as refusal:
-        _refused(request, refusal, refusal.detail)
+        await _refused(request, refusal, refusal.detail)
         raise
-    path_user = request.path_params.get("user_id")
-    if path_user != user_id:
+    if request.path_params.get("user_id") != user_id:
         forbidden = Forbidden()
-        reason = f"the token's sub {_shown(user_id)} is not the path's user {_shown(path_user)}"
-        _refused(request, forbidden, reason)
+        await _refused(request, forbidden, "the token's sub is not the path's user")
         raise forbidden
     request.state.user_id = user_id
     return user_id

@@ -23,8 +23,13 @@ from backend.metrics import UNMATCHED, Metrics
 access_logger = logging.getLogger("backend.access")
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Probes of load balancers and scrapers: counted, but their access lines are DEBUG, not INFO.
-_QUIET_PATHS = {"/health", "/ready", "/metrics"}
+# Probes of load balancers and scrapers: counted in the metrics, but their access lines are DEBUG,
+# not INFO, and they count against no rate limit (rate_limit.py).
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(16)  # 32 hex digits, as uuid4().hex, without building a UUID
 
 
 def incoming_request_id(scope: Scope) -> str:
@@ -34,7 +39,7 @@ def incoming_request_id(scope: Scope) -> str:
             if _SANE_ID.fullmatch(candidate):
                 return candidate
             break
-    return secrets.token_hex(16)  # 32 hex digits, as uuid4().hex, without building a UUID
+    return new_request_id()
 
 
 def route_template(routes: list[BaseRoute], scope: Scope) -> str:
@@ -89,7 +94,7 @@ class RequestContext:
             )
             method = scope["method"]
             self.metrics.observe(method=method, route=route, status=status, seconds=seconds)
-            level = logging.DEBUG if scope["path"] in _QUIET_PATHS else logging.INFO
+            level = logging.DEBUG if scope["path"] in PROBE_PATHS else logging.INFO
             milliseconds = round(seconds * 1000, 1)
             access_logger.log(
                 level,

@@ -265,7 +265,9 @@ router = APIRouter(
             ValidationFailed("title: must not be empty", field="title"),
         ),
         429: documented(
-            "More than RATE_LIMIT requests a minute by this user; retry after `Retry-After`",
+            "More than RATE_LIMIT requests a minute by this user, or, for requests refused as "
+            "unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this "
+            "client address (RateLimit-* then describe that budget); retry after `Retry-After`",
             RateLimited(limit=600, retry_after=42),
         ),
         500: documented("An unexpected failure (nothing about it is shown)", AppError()),

@@ -274,7 +274,7 @@ export interface components {
              * @description What went wrong, for programs: stable, UPPER_SNAKE
              * @enum {string}
              */
-            code: "INTERNAL_ERROR" | "BAD_REQUEST" | "MALFORMED_JSON" | "CORS_REFUSED" | "AUTH_REQUIRED" | "TOKEN_INVALID" | "TOKEN_EXPIRED" | "FORBIDDEN" | "NOT_FOUND" | "TASK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "QUOTA_EXCEEDED" | "SYNC_TOKEN_EXPIRED" | "PRECONDITION_FAILED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "VALIDATION_ERROR" | "IDEMPOTENCY_KEY_REUSED" | "RATE_LIMITED" | "SERVICE_UNAVAILABLE";
+            code: "INTERNAL_ERROR" | "BAD_REQUEST" | "MALFORMED_JSON" | "CORS_REFUSED" | "AUTH_REQUIRED" | "TOKEN_INVALID" | "TOKEN_EXPIRED" | "FORBIDDEN" | "NOT_FOUND" | "TASK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "REQUEST_TIMEOUT" | "QUOTA_EXCEEDED" | "SYNC_TOKEN_EXPIRED" | "PRECONDITION_FAILED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "VALIDATION_ERROR" | "IDEMPOTENCY_KEY_REUSED" | "RATE_LIMITED" | "HEADERS_TOO_LARGE" | "SERVICE_UNAVAILABLE";
             /**
              * Field
              * @description The request field at fault (422 and some 400s)
@@ -308,7 +308,7 @@ export interface components {
              * @description What went wrong, for programs: stable, UPPER_SNAKE
              * @enum {string}
              */
-            code: "INTERNAL_ERROR" | "BAD_REQUEST" | "MALFORMED_JSON" | "CORS_REFUSED" | "AUTH_REQUIRED" | "TOKEN_INVALID" | "TOKEN_EXPIRED" | "FORBIDDEN" | "NOT_FOUND" | "TASK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "QUOTA_EXCEEDED" | "SYNC_TOKEN_EXPIRED" | "PRECONDITION_FAILED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "VALIDATION_ERROR" | "IDEMPOTENCY_KEY_REUSED" | "RATE_LIMITED" | "SERVICE_UNAVAILABLE";
+            code: "INTERNAL_ERROR" | "BAD_REQUEST" | "MALFORMED_JSON" | "CORS_REFUSED" | "AUTH_REQUIRED" | "TOKEN_INVALID" | "TOKEN_EXPIRED" | "FORBIDDEN" | "NOT_FOUND" | "TASK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "REQUEST_TIMEOUT" | "QUOTA_EXCEEDED" | "SYNC_TOKEN_EXPIRED" | "PRECONDITION_FAILED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "VALIDATION_ERROR" | "IDEMPOTENCY_KEY_REUSED" | "RATE_LIMITED" | "HEADERS_TOO_LARGE" | "SERVICE_UNAVAILABLE";
             /**
              * Field
              * @description The request field at fault (422 and some 400s)
@@ -663,7 +663,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -842,7 +842,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -967,7 +967,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1104,7 +1104,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1250,7 +1250,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1401,7 +1401,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1593,7 +1593,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1746,7 +1746,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1938,7 +1938,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -2134,7 +2134,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */

@@ -275,7 +275,7 @@ export interface components {
              * @description What went wrong, for programs: stable, UPPER_SNAKE
              * @enum {string}
              */
-            code: "INTERNAL_ERROR" | "BAD_REQUEST" | "MALFORMED_JSON" | "CORS_REFUSED" | "AUTH_REQUIRED" | "TOKEN_INVALID" | "TOKEN_EXPIRED" | "FORBIDDEN" | "NOT_FOUND" | "TASK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "QUOTA_EXCEEDED" | "SYNC_TOKEN_EXPIRED" | "PRECONDITION_FAILED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "VALIDATION_ERROR" | "IDEMPOTENCY_KEY_REUSED" | "RATE_LIMITED" | "SERVICE_UNAVAILABLE";
+            code: "INTERNAL_ERROR" | "BAD_REQUEST" | "MALFORMED_JSON" | "CORS_REFUSED" | "AUTH_REQUIRED" | "TOKEN_INVALID" | "TOKEN_EXPIRED" | "FORBIDDEN" | "NOT_FOUND" | "TASK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "REQUEST_TIMEOUT" | "QUOTA_EXCEEDED" | "SYNC_TOKEN_EXPIRED" | "PRECONDITION_FAILED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "VALIDATION_ERROR" | "IDEMPOTENCY_KEY_REUSED" | "RATE_LIMITED" | "HEADERS_TOO_LARGE" | "SERVICE_UNAVAILABLE";
             /**
              * Field
              * @description The request field at fault (422 and some 400s)
@@ -309,7 +309,7 @@ export interface components {
              * @description What went wrong, for programs: stable, UPPER_SNAKE
              * @enum {string}
              */
-            code: "INTERNAL_ERROR" | "BAD_REQUEST" | "MALFORMED_JSON" | "CORS_REFUSED" | "AUTH_REQUIRED" | "TOKEN_INVALID" | "TOKEN_EXPIRED" | "FORBIDDEN" | "NOT_FOUND" | "TASK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "QUOTA_EXCEEDED" | "SYNC_TOKEN_EXPIRED" | "PRECONDITION_FAILED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "VALIDATION_ERROR" | "IDEMPOTENCY_KEY_REUSED" | "RATE_LIMITED" | "SERVICE_UNAVAILABLE";
+            code: "INTERNAL_ERROR" | "BAD_REQUEST" | "MALFORMED_JSON" | "CORS_REFUSED" | "AUTH_REQUIRED" | "TOKEN_INVALID" | "TOKEN_EXPIRED" | "FORBIDDEN" | "NOT_FOUND" | "TASK_NOT_FOUND" | "METHOD_NOT_ALLOWED" | "REQUEST_TIMEOUT" | "QUOTA_EXCEEDED" | "SYNC_TOKEN_EXPIRED" | "PRECONDITION_FAILED" | "PAYLOAD_TOO_LARGE" | "UNSUPPORTED_MEDIA_TYPE" | "VALIDATION_ERROR" | "IDEMPOTENCY_KEY_REUSED" | "RATE_LIMITED" | "HEADERS_TOO_LARGE" | "SERVICE_UNAVAILABLE";
             /**
              * Field
              * @description The request field at fault (422 and some 400s)
@@ -664,7 +664,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -843,7 +843,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -968,7 +968,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1105,7 +1105,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1251,7 +1251,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1402,7 +1402,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1594,7 +1594,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1747,7 +1747,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -1939,7 +1939,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -2135,7 +2135,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user; retry after `Retry-After` */
+            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
