@@ -15,10 +15,9 @@ from typing import Any
 
 import jwt
 import uvicorn
-from pydantic import ValidationError
 
 from backend import db, server
-from backend.config import Settings, with_development_secret
+from backend.config import Settings, from_environment, with_development_secret
 from backend.logs import logging_config
 
 _TTL = re.compile(r"^(\d+)([smhd]?)$")
@@ -120,12 +119,6 @@ def _openapi(output: str) -> None:
             file.write(document)
 
 
-def _problem(loc: tuple[int | str, ...], message: str) -> str:
-    if not loc:  # a rule about several settings (ENV=production) names them itself
-        return message.removeprefix("Value error, ")
-    return f"{'.'.join(map(str, loc)).upper()}: {message}"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="taskapi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,11 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "openapi":
         _openapi(args.output)
         return
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
-        sys.exit(f"taskapi: invalid configuration: {problems}")
+    settings = from_environment()
     logging.config.dictConfig(logging_config(settings))
     if args.command == "serve":
         _serve(settings, args)

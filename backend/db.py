@@ -105,20 +105,41 @@ class DatabaseUnavailable(Exception):
         super().__init__(reason)
 
 
+ACCEPTED_URLS = (
+    "sqlite:///relative/path/tasks.db, sqlite:////absolute/path/tasks.db, or "
+    "postgresql://user:password@host[:port]/database[?sslmode=require] (postgres:// too)"
+)
+
+
 def normalize_url(raw: str, *, name: str = "DATABASE_URL") -> URL:
+    """The URL for the async driver, or DatabaseURLError: one line that says what is wrong and
+    the forms that are accepted, never the URL itself (it may hold a password)."""
+
+    def refused(problem: str) -> DatabaseURLError:
+        return DatabaseURLError(
+            f"{name} is not a database URL this service takes ({problem}); write {ACCEPTED_URLS}"
+        )
+
     try:
         url = make_url(raw.strip())
-    except Exception as exc:
-        raise DatabaseURLError(f"{name} is not a valid database URL") from exc
+    except Exception:
+        raise refused("it cannot be parsed: scheme://… with a numeric port, if any") from None
     backend = url.get_backend_name()
     if backend == "sqlite":
+        # sqlite://x would name a host, and sqlite:/// no file (a database in memory, lost at
+        # the end of each connection).
+        if url.host or url.port or url.username:
+            raise refused("a SQLite URL has three slashes and a file path, no host")
+        if not url.database or url.database == ":memory:":
+            raise refused("a SQLite URL needs a file path")
         return url.set(drivername="sqlite+aiosqlite")
     if backend in ("postgresql", "postgres"):
+        if not url.host:
+            raise refused("a PostgreSQL URL needs a host")
+        if not url.database:
+            raise refused("a PostgreSQL URL needs a database name after the host")
         return url.set(drivername="postgresql+asyncpg")
-    host = f" (host {url.host})" if url.host else ""
-    raise DatabaseURLError(
-        f"{name} must be a postgresql:// or sqlite:// URL, not {url.drivername}://{host}"
-    )
+    raise refused(f"the scheme is {url.drivername}://, not postgresql:// or sqlite://")
 
 
 def is_sqlite(url: URL) -> bool:

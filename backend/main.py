@@ -3,6 +3,8 @@
 import asyncio
 import gc
 import logging
+import logging.config
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime
@@ -13,8 +15,9 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import db
-from backend.config import Settings, with_development_secret
+from backend.config import Settings, from_environment, with_development_secret
 from backend.errors import Cors, PayloadTooLarge, UnexpectedErrors, install_error_handlers
+from backend.logs import logging_config
 from backend.metrics import Metrics
 from backend.middleware.jwt_auth import BEARER_SCHEME, TokenVerifier
 from backend.middleware.rate_limit import RateLimiter
@@ -260,7 +263,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def __getattr__(name: str) -> FastAPI:
     # `backend.main:app` is built on first access (uvicorn's import), not at import time, so
     # that importing create_app (tests, the CLI) reads no environment and touches no files.
+    # Built so, it is the app of a process an ASGI server started (`uvicorn backend.main:app`,
+    # or `taskapi serve`'s workers), and it sets the process up as `taskapi` does: settings that
+    # are wrong end it with one line, and logging is the service's (JSON with LOG_FORMAT=json,
+    # uvicorn's own lines included, and one access line a request: ours).
     if name == "app":
-        application = globals()["app"] = create_app()
+        settings = from_environment()
+        try:
+            db.check_urls(settings)
+        except db.DatabaseURLError as exc:
+            sys.exit(f"taskapi: {exc}")
+        logging.config.dictConfig(logging_config(settings))
+        application = globals()["app"] = create_app(settings)
         return application
     raise AttributeError(name)

@@ -1,0 +1,139 @@
+"""The same app however it is started: `uvicorn backend.main:app` (how most teams and hosts run a
+FastAPI app) behaves as `taskapi serve` does. Real processes, both ways: with LOG_FORMAT=json
+every line is JSON (uvicorn's own included) and a request has one access line, the app's; a
+configuration that is refused is one line on stderr and a non-zero exit, never a traceback."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import jwt
+import orjson
+import pytest
+
+from tests.conftest import SECRET, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+START_SECONDS = 60  # a busy machine; the servers start in a second or two when it is not
+UVICORN = [sys.executable, "-m", "uvicorn", "backend.main:app"]
+TASKAPI = [str(Path(sys.executable).with_name("taskapi")), "serve"]
+
+
+def _environment(folder: Path, **settings: str) -> dict[str, str]:
+    return {
+        **{key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"},
+        "DATABASE_URL": f"sqlite:///{folder / 'tasks.db'}",
+        "BETTER_AUTH_SECRET": SECRET,
+        "DATA_DIR": str(folder),
+        "PYTHONPATH": str(ROOT),  # this checkout's code, whichever one the venv came from
+        **settings,
+    }
+
+
+@contextmanager
+def serving(command: list[str], folder: Path, **settings: str) -> Iterator[tuple[str, Path]]:
+    """The command serving on a free loopback port until the block ends; (base URL, its log)."""
+    port = free_port()
+    log = folder / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            env=_environment(folder, **settings),
+            cwd=folder,  # no .env here
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{command} did not start:\n{log.read_text()}") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _token(sub: str) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "iat": now, "exp": now + 600}, SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize("command", [UVICORN, TASKAPI], ids=["uvicorn", "taskapi-serve"])
+def test_every_line_is_json_and_a_request_has_one_access_line(
+    command: list[str], tmp_path: Path
+) -> None:
+    with serving(command, tmp_path, LOG_FORMAT="json") as (base, log):
+        headers = {"Authorization": f"Bearer {_token('alice')}", "X-Request-ID": "one-request"}
+        created = httpx.post(f"{base}/api/alice/tasks", json={"title": "t"}, headers=headers)
+        assert created.status_code == 201, created.text
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    records = [orjson.loads(line) for line in lines]  # fails on any line that is not JSON
+    loggers = {record["logger"] for record in records}
+    assert "uvicorn.error" in loggers, lines  # uvicorn's own lines, as JSON
+    assert "uvicorn.access" not in loggers, lines  # its access line would be a second one
+    access = [r for r in records if r.get("request_id") == "one-request"]
+    assert [(r["logger"], r["route"], r["status"]) for r in access] == [
+        ("backend.access", "/api/{user_id}/tasks", 201)
+    ]
+    assert "t" not in {r["message"] for r in records}  # no task text
+
+
+@pytest.mark.parametrize("command", [UVICORN, TASKAPI], ids=["uvicorn", "taskapi-serve"])
+@pytest.mark.parametrize(
+    ("settings", "line"),
+    [
+        pytest.param(
+            {"ENV": "production", "BETTER_AUTH_SECRET": ""},
+            "taskapi: invalid configuration: ENV=production needs BETTER_AUTH_SECRET or "
+            "BETTER_AUTH_URL (or JWT_JWKS_URL): the development secret is for local use only",
+            id="production-without-secret",
+        ),
+        pytest.param(
+            {"BETTER_AUTH_SECRET": "short"},
+            "taskapi: invalid configuration: BETTER_AUTH_SECRET: BETTER_AUTH_SECRET must be at "
+            "least 32 bytes and not blank (generate one with: openssl rand -base64 32)",
+            id="weak-secret",
+        ),
+        pytest.param(
+            {"DATABASE_URL": "sqlite://x"},
+            "taskapi: DATABASE_URL is not a database URL this service takes (a SQLite URL has "
+            "three slashes and a file path, no host); write sqlite:///relative/path/tasks.db, "
+            "sqlite:////absolute/path/tasks.db, or "
+            "postgresql://user:password@host[:port]/database[?sslmode=require] (postgres:// too)",
+            id="malformed-database-url",
+        ),
+    ],
+)
+def test_a_refused_configuration_is_one_line_and_a_non_zero_exit(
+    command: list[str], settings: dict[str, str], line: str, tmp_path: Path
+) -> None:
+    environment = _environment(tmp_path, **settings)
+    environment = {key: value for key, value in environment.items() if value}
+    result = subprocess.run(
+        [*command, "--port", str(free_port())],
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.splitlines() == [line]
