@@ -313,7 +313,6 @@ async def test_no_cors_without_origins(clean_env: None, tmp_path: Path) -> None:
         ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
         ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
         ("sqlite:////abs/path/x.db", "sqlite+aiosqlite:////abs/path/x.db"),
-        ("sqlite://", "sqlite+aiosqlite://"),
         ("postgres://u:p@h/d", "postgresql+asyncpg://u:p@h/d"),
         ("postgresql://u:p@h/d", "postgresql+asyncpg://u:p@h/d"),
         ("postgresql+asyncpg://u:p@h:5433/d", "postgresql+asyncpg://u:p@h:5433/d"),
