@@ -393,9 +393,9 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail else None
         if known is not None:
             response = error_response(known(detail))
-        else:  # any other status: its code is its reason phrase (409 → CONFLICT)
+        else:  # a status no member is made for: a code of the family all the same
             phrase = HTTPStatus(exc.status_code).phrase
-            code = phrase.upper().replace(" ", "_").replace("-", "_")
+            code = RateLimited.code if exc.status_code == 429 else BadRequest.code
             response = _render({"detail": detail or phrase, "code": code}, exc.status_code)
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value

@@ -1,7 +1,10 @@
 """Every failure is the contract's JSON body `{"detail", "code"}` (+ `field`, `errors`), with the
 right status and headers, and nothing of the server's insides leaks out."""
 
+import ast
+import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -12,6 +15,7 @@ import httpx
 import pytest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.errors import error_codes
 from backend.main import create_app
 from backend.services import tasks as task_service
 from tests.conftest import app_client, free_port, make_settings
@@ -426,8 +430,10 @@ async def test_no_error_body_carries_a_traceback(client: httpx.AsyncClient, auth
     ("status", "detail", "headers", "code", "expected_detail"),
     [
         (400, "Bad thing", None, "BAD_REQUEST", "Bad thing"),
-        (409, None, {"X-Reason": "conflict"}, "CONFLICT", "Conflict"),
-        (429, None, {"Retry-After": "7"}, "TOO_MANY_REQUESTS", "Too Many Requests"),
+        # A status no member of the family is made for still gets a code of the family.
+        (409, None, {"X-Reason": "conflict"}, "BAD_REQUEST", "Conflict"),
+        (418, None, None, "BAD_REQUEST", "I'm a Teapot"),
+        (429, None, {"Retry-After": "7"}, "RATE_LIMITED", "Too Many Requests"),
         (401, "Nope", {"WWW-Authenticate": "Basic"}, "AUTH_REQUIRED", "Nope"),
         (413, None, None, "PAYLOAD_TOO_LARGE", "Request Entity Too Large"),
         (503, "db: secret detail", {"Retry-After": "3"}, "INTERNAL_ERROR", "Internal server error"),
@@ -545,3 +551,33 @@ async def test_trailing_slash_is_served_without_a_redirect(
     assert response.json() == []
     assert_error(await client.get("/api/alice/", headers=headers), 404, "NOT_FOUND")
     assert_error(await client.get(f"{LIST}//", headers=headers), 404, "NOT_FOUND")
+
+
+# --- one family of codes -----------------------------------------------------------------------
+
+BACKEND = Path(__file__).resolve().parent.parent / "backend"
+CODE_ROW = re.compile(r"^\| \d{3} \| `([A-Z_]+)` \|", re.MULTILINE)
+
+
+def test_every_code_is_the_family_s_and_said_everywhere() -> None:
+    # The server once sent HEADERS_TOO_LARGE and REQUEST_TIMEOUT, which the document's enum and
+    # the TypeScript client's ErrorCode lacked. Codes come from the family's classes only: no
+    # module writes a "code" of its own, and the document, the reference and the TypeScript
+    # types list exactly the family.
+    for module in BACKEND.rglob("*.py"):
+        if module.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Dict):
+                keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+                assert "code" not in keys, f"{module}: an error body built by hand"
+    codes = error_codes()
+    assert len(codes) == len(set(codes))
+    document = json.loads((BACKEND.parent / "openapi.json").read_text())
+    assert document["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"] == codes
+    reference = (BACKEND.parent / "docs" / "api.md").read_text()
+    assert sorted(CODE_ROW.findall(reference)) == sorted(codes)
+    schema = (BACKEND.parent / "clients" / "typescript" / "src" / "schema.ts").read_text()
+    union = re.search(r'code: ("[A-Z_]+"(?: \| "[A-Z_]+")*);', schema)
+    assert union is not None
+    assert sorted(re.findall(r'"([A-Z_]+)"', union[1])) == sorted(codes)
