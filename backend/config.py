@@ -11,6 +11,7 @@ Tokens are verified by HS256 when BETTER_AUTH_SECRET is set, by the JWKS when BE
 
 import logging
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -51,7 +52,16 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_leeway_seconds: int = Field(default=30, ge=0, le=60)
     jwks_cache_seconds: float = Field(default=300.0, ge=0, le=86_400)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated origins of the frontends that may call this API from a "
+        "browser (scheme://host[:port], e.g. http://localhost:3000)",
+    )
+    cors_origin_regex: str | None = Field(
+        default=None,
+        description="a regular expression further allowed origins must match in full, for "
+        r"preview deployments: https://my-app-[a-z0-9-]+\.vercel\.app",
+    )
     data_dir: Path = Path("data")
     migrate_on_start: bool = True
     db_pool_size: int | None = Field(
@@ -136,6 +146,17 @@ class Settings(BaseSettings):
                     f"{origin[:100]!r} is not an origin: write scheme://host[:port], "
                     "e.g. http://localhost:3000, with no path"
                 )
+        return value
+
+    @field_validator("cors_origin_regex")
+    @classmethod
+    def _origin_pattern(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"is not a regular expression: {exc}") from None
         return value
 
     @field_validator("better_auth_url", "jwt_jwks_url")

@@ -42,9 +42,7 @@ from typing import Any, ClassVar
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -445,20 +443,6 @@ class UnexpectedErrors:
             if started:
                 raise
             await error_response(AppError())(scope, receive, send)
-
-
-class Cors(CORSMiddleware):
-    """Starlette's CORS, with a refused preflight answered in the contract's JSON body."""
-
-    def preflight_response(self, request_headers: Headers) -> Response:
-        response = super().preflight_response(request_headers)
-        if response.status_code < 400:
-            return response
-        refused = error_response(CorsRefused(bytes(response.body).decode()))
-        for name, value in response.headers.items():
-            if name not in ("content-type", "content-length"):
-                refused.headers[name] = value
-        return refused
 
 
 def install_error_handlers(

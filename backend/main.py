@@ -16,9 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import db
 from backend.config import Settings, from_environment, with_development_secret
-from backend.errors import Cors, PayloadTooLarge, UnexpectedErrors, install_error_handlers
+from backend.errors import PayloadTooLarge, UnexpectedErrors, install_error_handlers
 from backend.logs import logging_config
 from backend.metrics import Metrics
+from backend.middleware.cors import Cors, startup_line
 from backend.middleware.jwt_auth import BEARER_SCHEME, TokenVerifier
 from backend.middleware.rate_limit import RateLimiter
 from backend.middleware.requests import RequestContext
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await db.migrate(settings)
+        logger.info("%s", startup_line(settings))
         cleaner = asyncio.create_task(housekeeping(app.state.db), name="housekeeping")
         with _steady_gc():
             yield
@@ -227,35 +229,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit)
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(NoTrailingSlash)
-    if settings.cors_origins:
-        app.add_middleware(
-            Cors,
-            allow_origins=settings.cors_origins,
-            allow_credentials=True,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=[
-                "Authorization",
-                "Content-Type",
-                "If-Match",
-                "If-None-Match",
-                "Idempotency-Key",
-                "Last-Event-ID",
-            ],
-            expose_headers=[
-                "Location",
-                "Link",
-                "X-Total-Count",
-                "ETag",
-                "X-Sync-Token",
-                "Idempotent-Replayed",
-                "X-Next-Occurrence-Skipped",
-                "Retry-After",
-                "RateLimit-Limit",
-                "RateLimit-Remaining",
-                "RateLimit-Reset",
-                "X-Request-ID",
-            ],
-        )
+    # Always there: a browser's preflight is answered, refused ones with what to set.
+    app.add_middleware(Cors, settings=settings)
     app.add_middleware(RequestContext, routes=app.router.routes, metrics=app.state.metrics)
     return app
 

@@ -137,3 +137,29 @@ def test_a_refused_configuration_is_one_line_and_a_non_zero_exit(
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.splitlines() == [line]
+
+
+def test_cors_says_what_it_allows_and_whom_it_refused(tmp_path: Path) -> None:
+    allowed, foreign = "http://localhost:3000", "http://localhost:5173"
+    preflight = {
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    with serving(UVICORN, tmp_path, CORS_ORIGINS=allowed) as (base, log):
+        ok = httpx.options(f"{base}/api/alice/tasks", headers={"Origin": allowed, **preflight})
+        refused = httpx.options(f"{base}/api/alice/tasks", headers={"Origin": foreign, **preflight})
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == allowed
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "CORS_REFUSED"
+    assert f'"{foreign}"' in refused.json()["detail"]
+    assert "CORS_ORIGINS" in refused.json()["detail"]
+    text = log.read_text()
+    assert f"CORS: browsers on these origins may call this API: {allowed}" in text
+    assert f'CORS: refused a preflight from the origin "{foreign}"' in text
+
+
+def test_without_cors_origins_the_start_up_log_says_browsers_are_refused(tmp_path: Path) -> None:
+    with serving(UVICORN, tmp_path) as (_, log):
+        pass
+    assert "CORS: no browser origin is allowed (CORS_ORIGINS is not set)" in log.read_text()

@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.errors import error_codes
 from backend.main import create_app
+from backend.middleware.cors import LOG_EVERY_SECONDS, ORIGINS_REMEMBERED, Cors
 from backend.services import tasks as task_service
-from tests.conftest import app_client, free_port, make_settings
+from tests.conftest import app_client, free_port, make_settings, running_app
 
 Auth = Callable[..., dict[str, str]]
 LIST = "/api/alice/tasks"
@@ -512,7 +513,11 @@ async def test_refused_preflight_is_a_json_error(tmp_path: Path) -> None:
             headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
         )
         body = assert_error(response, 400, "CORS_REFUSED")
-        assert body["detail"] == "Disallowed CORS origin"
+        assert body["detail"] == (
+            'The origin "https://evil.example" may not call this API: the allowed origins are '
+            f"{ORIGIN}. Add it to CORS_ORIGINS (scheme://host[:port], as the browser sends it), "
+            "or match it with CORS_ORIGIN_REGEX"
+        )
         assert "access-control-allow-origin" not in response.headers
         response = await http.options(
             LIST,
@@ -523,7 +528,107 @@ async def test_refused_preflight_is_a_json_error(tmp_path: Path) -> None:
             },
         )
         body = assert_error(response, 400, "CORS_REFUSED")
-        assert body["detail"] == "Disallowed CORS headers"
+        assert body["detail"] == (
+            f'The origin "{ORIGIN}" is allowed, but this API takes only the methods GET, POST, '
+            "PUT, PATCH, DELETE and the request headers Authorization, Content-Type, If-Match, "
+            'If-None-Match, Idempotency-Key, Last-Event-ID: asked for "GET" with "x-custom"'
+        )
+
+
+PREFLIGHT = {
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization",
+}
+
+
+def _cors(app: Any) -> Cors:
+    layer = app.middleware_stack
+    while not isinstance(layer, Cors):
+        layer = layer.app
+    return layer
+
+
+async def test_without_cors_origins_a_preflight_is_refused_naming_the_setting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was a bare 405 "Method not allowed", and nothing anywhere mentioned CORS_ORIGINS.
+    settings = make_settings(f"sqlite:///{tmp_path / 'cors.db'}")
+    async with app_client(settings) as http:
+        with caplog.at_level(logging.WARNING, logger="backend.cors"):
+            for _ in range(3):
+                response = await http.options(
+                    LIST, headers={"Origin": "http://localhost:3000", **PREFLIGHT}
+                )
+                body = assert_error(response, 400, "CORS_REFUSED")
+                assert '"http://localhost:3000"' in body["detail"]
+                assert "none (CORS_ORIGINS is not set)" in body["detail"]
+    # Logged once a minute per origin, naming it and the setting.
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "backend.cors"]
+    assert line == (
+        'CORS: refused a preflight from the origin "http://localhost:3000", which is not allowed '
+        "(allowed: none (CORS_ORIGINS is not set)); add it to CORS_ORIGINS or match it with "
+        "CORS_ORIGIN_REGEX"
+    )
+
+
+async def test_refused_origins_are_logged_once_a_minute_and_remembered_within_a_bound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(f"sqlite:///{tmp_path / 'cors.db'}", cors_origins=ORIGIN)
+    async with running_app(settings) as (app, http):
+        await http.get("/health")
+        cors = _cors(app)
+        now = [1000.0]
+        cors._clock = lambda: now[0]
+        with caplog.at_level(logging.WARNING, logger="backend.cors"):
+            # A request (no preflight) from a foreign origin is logged too; the browser hides
+            # its answer. The API's own origin (its /docs page) is not foreign.
+            await http.get("/health", headers={"Origin": "https://evil.example"})
+            await http.get("/health", headers={"Origin": "http://testserver"})
+            await http.options(LIST, headers={"Origin": "https://evil.example", **PREFLIGHT})
+            now[0] += LOG_EVERY_SECONDS
+            await http.options(LIST, headers={"Origin": "https://evil.example", **PREFLIGHT})
+            for n in range(ORIGINS_REMEMBERED + 50):
+                await http.get("/health", headers={"Origin": f"https://o{n}.example"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "backend.cors"]
+    assert [line.split(" from ")[0] for line in lines[:2]] == [
+        "CORS: refused a request",
+        "CORS: refused a preflight",
+    ]
+    assert len(lines) == 2 + ORIGINS_REMEMBERED + 50
+    assert len(cors._logged) == ORIGINS_REMEMBERED
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("https://my-app-git-feature-x.vercel.app", True),
+        ("https://my-app-pr-12.vercel.app", True),
+        ("https://my-app-pr-12.vercel.app.evil.example", False),  # the whole origin must match
+        ("http://my-app-pr-12.vercel.app", False),
+        (ORIGIN, True),
+    ],
+)
+async def test_cors_origin_regex_allows_preview_deployments(
+    database_url: str, auth: Auth, origin: str, allowed: bool
+) -> None:
+    settings = make_settings(
+        database_url,
+        cors_origins=ORIGIN,
+        cors_origin_regex=r"https://my-app-[a-z0-9-]+\.vercel\.app",
+    )
+    async with app_client(settings) as http:
+        preflight = await http.options(LIST, headers={"Origin": origin, **PREFLIGHT})
+        listed = await http.get(LIST, headers={"Origin": origin, **auth("alice")})
+    assert listed.status_code == 200
+    if allowed:
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == origin
+        assert listed.headers["access-control-allow-origin"] == origin
+        assert "X-Total-Count" in listed.headers["access-control-expose-headers"]
+    else:
+        assert_error(preflight, 400, "CORS_REFUSED")
+        assert "access-control-allow-origin" not in listed.headers
 
 
 # --- trailing slashes ----------------------------------------------------------------------------
