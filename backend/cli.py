@@ -17,7 +17,12 @@ import jwt
 import uvicorn
 
 from backend import db, server
-from backend.config import Settings, from_environment, with_development_secret
+from backend.config import (
+    Settings,
+    development_secret_file,
+    from_environment,
+    with_development_secret,
+)
 from backend.logs import logging_config
 
 _TTL = re.compile(r"^(\d+)([smhd]?)$")
@@ -95,6 +100,18 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> None:
+    development = development_secret_file(settings)
+    if development is not None:
+        # Made by the service where it runs (its data folder); one made here, by another
+        # folder's command, would sign tokens that service refuses.
+        if not development.exists():
+            sys.exit(
+                f"taskapi: no development secret in {development}: the service makes it when it "
+                "first starts; run `taskapi token` in the folder the service runs in (or with "
+                "DATA_DIR set to its data folder), or set BETTER_AUTH_SECRET to the service's"
+            )
+        settings = with_development_secret(settings)
+        print(f"taskapi: signed with the development secret in {development}", file=sys.stderr)
     if settings.hs256_secret is None:
         sys.exit("taskapi: no BETTER_AUTH_SECRET is configured, so HS256 tokens are not accepted")
     now = int(time.time())
@@ -148,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         _migrate(settings)
         print("taskapi: database is at the latest migration", file=sys.stderr)
     else:
-        _token(with_development_secret(settings), args)
+        _token(settings, args)
 
 
 if __name__ == "__main__":

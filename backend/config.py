@@ -285,6 +285,14 @@ def _is_origin(value: str) -> bool:
     )
 
 
+def development_secret_file(settings: Settings) -> Path | None:
+    """Where the development secret is kept (an absolute path), when these settings leave it to
+    be used: no BETTER_AUTH_SECRET and no JWKS. None otherwise."""
+    if settings.better_auth_secret is not None or settings.jwks_url is not None:
+        return None
+    return (settings.data_dir / DEV_SECRET_FILE).resolve()
+
+
 def with_development_secret(settings: Settings) -> Settings:
     """The settings a zero-config run starts with: when no way to verify tokens is configured,
     the development secret from the data folder (made on first use), with one warning."""

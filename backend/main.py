@@ -15,7 +15,12 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import db
-from backend.config import Settings, from_environment, with_development_secret
+from backend.config import (
+    Settings,
+    development_secret_file,
+    from_environment,
+    with_development_secret,
+)
 from backend.errors import PayloadTooLarge, UnexpectedErrors, install_error_handlers
 from backend.logs import logging_config
 from backend.metrics import Metrics
@@ -174,7 +179,9 @@ def _finish_document(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = with_development_secret(settings or Settings())
+    settings = settings or Settings()
+    development_secret = development_secret_file(settings)
+    settings = with_development_secret(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -213,7 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.db = db.Database(settings)
-    app.state.verifier = TokenVerifier(settings)
+    app.state.verifier = TokenVerifier(settings, development_secret=development_secret)
     app.state.changes = ChangeHub(settings)
     app.state.rate_limiter = RateLimiter(settings)
     app.state.metrics = Metrics(app.state.db)

@@ -497,3 +497,34 @@ def test_serve_warns_once_about_the_development_secret(clean_env: None, tmp_path
             process.stderr.close()
     assert any("Application startup complete" in line for line in lines), lines
     assert sum("development secret" in line for line in lines) == 1, lines
+
+
+def test_cli_token_never_makes_a_development_secret_of_its_own(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Run from another folder, it made a new secret there, and the service (whose secret is in
+    # its own folder) answered "signature does not verify" with nothing to say which it expected.
+    monkeypatch.delenv("BETTER_AUTH_SECRET")
+    with pytest.raises(SystemExit) as exited:
+        cli(["token", "--sub", "alice"])
+    secret_file = (cli_env / "dev-secret").resolve()
+    assert exited.value.code == (
+        f"taskapi: no development secret in {secret_file}: the service makes it when it first "
+        "starts; run `taskapi token` in the folder the service runs in (or with DATA_DIR set to "
+        "its data folder), or set BETTER_AUTH_SECRET to the service's"
+    )
+    assert not secret_file.exists()
+    assert capsys.readouterr().out == ""
+
+
+async def test_cli_token_signs_with_the_service_s_development_secret_and_says_which(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BETTER_AUTH_SECRET")
+    service = with_development_secret(Settings(_env_file=None))  # the service made it here
+    cli(["token", "--sub", "alice"])
+    out, err = capsys.readouterr()
+    assert err.splitlines()[-1] == (
+        f"taskapi: signed with the development secret in {(cli_env / 'dev-secret').resolve()}"
+    )
+    assert await TokenVerifier(service).verify(out.strip()) == "alice"

@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -277,10 +278,32 @@ async def test_algorithm_confusion_is_refused(
     assert_refused(await client.get(LIST, headers=bearer(make())))
 
 
+WRONG_SECRET = (
+    "The bearer token's signature does not verify with BETTER_AUTH_SECRET: sign it with the "
+    "same secret as this service's BETTER_AUTH_SECRET (Better Auth's, as text)"
+)
+
+
 async def test_wrong_secret(client: httpx.AsyncClient, token: Token) -> None:
     forged = token("alice", secret="another-secret-that-is-also-long-enough-0123")
     body = assert_refused(await client.get(LIST, headers=bearer(forged)))
-    assert body["detail"] == "The bearer token's signature does not verify"
+    assert body["detail"] == WRONG_SECRET
+
+
+async def test_a_token_not_signed_with_the_development_secret_says_where_it_lives(
+    database_url: str, token: Token, tmp_path: Path
+) -> None:
+    # A token made with another folder's development secret got only "does not verify".
+    settings = make_settings(database_url, better_auth_secret=None, data_dir=tmp_path / "data")
+    async with app_client(settings) as http:
+        body = assert_refused(await http.get(LIST, headers=bearer(token("alice"))))
+    secret_file = (tmp_path / "data" / "dev-secret").resolve()
+    assert body["detail"] == (
+        "The bearer token's signature does not verify with this service's development secret "
+        f"(in {secret_file}, made when the service first started there): sign with it "
+        "(`taskapi token`, run where the service runs, or DATA_DIR set to that folder), or set "
+        "the same BETTER_AUTH_SECRET for Better Auth and this service"
+    )
 
 
 async def test_tampered_payload(client: httpx.AsyncClient, token: Token) -> None:
@@ -604,7 +627,7 @@ async def test_refusals_are_logged_at_info_without_the_token(
         (bearer(tokens["expired"]), "401 TOKEN_EXPIRED: The bearer token has expired"),
         (
             bearer(tokens["wrong-secret"]),
-            "401 TOKEN_INVALID: The bearer token's signature does not verify",
+            f"401 TOKEN_INVALID: {WRONG_SECRET}",
         ),
         (bearer(tokens["bob"]), "403 FORBIDDEN: the token's sub is not the path's user"),
     ]

@@ -26,6 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path as FilePath
 from typing import Annotated, Any, NamedTuple
 
 import jwt
@@ -103,8 +104,24 @@ class TokenVerifier:
         clock: Clock | None = None,
         jwks_timeout: float = FETCH_TIMEOUT_SECONDS,
         wall_clock: Callable[[], float] = time.time,
+        development_secret: FilePath | None = None,
     ) -> None:
+        """`development_secret`: the file the HS256 secret was read from, when it is the
+        development secret (a refused signature then says where the service's secret lives)."""
         self._now = wall_clock
+        if development_secret is not None:
+            self._bad_hs256 = (
+                "The bearer token's signature does not verify with this service's development "
+                f"secret (in {development_secret}, made when the service first started there): "
+                "sign with it (`taskapi token`, run where the service runs, or DATA_DIR set to "
+                "that folder), or set the same BETTER_AUTH_SECRET for Better Auth and this service"
+            )
+        else:
+            self._bad_hs256 = (
+                "The bearer token's signature does not verify with BETTER_AUTH_SECRET: sign it "
+                "with the same secret as this service's BETTER_AUTH_SECRET (Better Auth's, as "
+                "text)"
+            )
         # Tokens verified lately, least recently used first. A client sends one token for many
         # requests: its signature and claims are checked once, not on every request.
         self._verified: dict[str, _Verified] = {}
@@ -194,6 +211,8 @@ class TokenVerifier:
         try:
             claims = jwt.decode(token, key, algorithms=[alg], options=SIGNATURE_ONLY)
         except jwt.InvalidSignatureError:
+            if alg == HS256:
+                raise TokenInvalid(self._bad_hs256) from None
             raise TokenInvalid("The bearer token's signature does not verify") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise TokenInvalid("The bearer token is malformed") from None
