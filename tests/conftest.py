@@ -481,6 +481,10 @@ def live_server(
             "--http",
             "httptools",
             "--no-access-log",
+            # The tests open many connections before they use them: on a busy machine the
+            # first could idle past uvicorn's 5 s keep-alive, and be closed under a request.
+            "--timeout-keep-alive",
+            "120",
         ],
         env=env,
         stdout=log,
