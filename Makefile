@@ -7,8 +7,17 @@ INTEROP := interop/better-auth
 CLIENT := clients/typescript
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install interop client test-services run test lint format bench openapi
-.DEFAULT_GOAL := test
+.PHONY: help install interop client test-services run test lint format bench openapi
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make run       set up .venv from the lock file, migrate, serve http://$(HOST):$(PORT) (SQLite by default)"
+	@echo "make test      what CI runs: set up (apt-get, npm ci), ruff, mypy, the whole suite on SQLite and PostgreSQL"
+	@echo "make lint      ruff format --check, ruff check, mypy --strict"
+	@echo "make format    ruff format and ruff check --fix"
+	@echo "make openapi   rewrite openapi.json from the code"
+	@echo "make bench     the performance table against shared/bench's limit server (about 30 minutes)"
+	@echo "make install   only set up .venv"
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -20,6 +29,7 @@ $(UV):
 # start slower than uvicorn's health check allowed on a busy machine.
 $(VENV)/.synced: pyproject.toml uv.lock Makefile | $(UV)
 	$(UV) sync --frozen --compile-bytecode
+	$(VENV)/bin/python -m compileall -q backend  # the project itself (installed editable: not by uv)
 	touch $@
 
 install: $(VENV)/.synced
