@@ -142,7 +142,7 @@ class Pools:
 
 
 def seeded(seed: int | str) -> random.Random:
-    return random.Random(seed)  # noqa: S311 - reproducible test data, not secrets
+    return random.Random(seed)
 
 
 def make_pools() -> Pools:
