@@ -66,7 +66,9 @@ async def run(base: str, pid: int, secret: str, mixed: int, distinct: int) -> No
     rows: list[tuple[str, int, float, float]] = []
     random.seed(7)
 
-    async with httpx.AsyncClient(headers=headers, timeout=60) as http:
+    # A connection the server closed while it idled (its keep-alive) is opened again.
+    transport = httpx.AsyncHTTPTransport(retries=3)
+    async with httpx.AsyncClient(headers=headers, timeout=60, transport=transport) as http:
         ids: list[int] = []
 
         async def create(n: int) -> None:
