@@ -751,7 +751,7 @@ async def test_streams_beyond_the_caps_are_refused_and_a_closed_one_frees_its_sl
             (bob, "SSE_MAX_STREAMS", 3),
         ):
             response = await _open_or_refuse(capped, user, auth)
-            assert response.status_code == 429, response.text
+            assert response.status_code == 429, (user, response.status_code)
             assert response.headers["Retry-After"] == "3"
             body = response.json()
             assert body["code"] == "RATE_LIMITED"
