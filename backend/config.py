@@ -12,6 +12,7 @@ Tokens are verified by HS256 when BETTER_AUTH_SECRET is set, by the JWKS when BE
 import logging
 import os
 import re
+import resource
 import secrets
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ logger = logging.getLogger("backend.config")
 MIN_SECRET_BYTES = 32
 DEV_SECRET_FILE = "dev-secret"  # noqa: S105 - a file name, not a secret
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+DEFAULT_MAX_STREAMS = 4096  # SSE_MAX_STREAMS where the open-files limit is unknown or unlimited
 
 
 class Settings(BaseSettings):
@@ -78,6 +80,19 @@ class Settings(BaseSettings):
         gt=0,
         le=300,
         description="seconds of silence after which an event stream sends a heartbeat",
+    )
+    sse_max_streams_per_user: int = Field(
+        default=10,
+        ge=1,
+        le=10_000,
+        description="event streams one user may have open in one process (429 beyond)",
+    )
+    sse_max_streams: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="event streams one process may have open (429 beyond); default: half its "
+        "open-files limit (see default_max_streams)",
     )
     db_pooler: Literal["none", "transaction"] | None = Field(
         default=None,
@@ -243,6 +258,11 @@ class Settings(BaseSettings):
         return self.database_url
 
     @property
+    def max_streams(self) -> int:
+        """SSE_MAX_STREAMS, or its default for this process."""
+        return self.sse_max_streams or default_max_streams()
+
+    @property
     def hs256_secret(self) -> bytes | None:
         """The HMAC key: the UTF-8 bytes of the secret string, as Better Auth and jose use it
         (never base64-decoded). None when only JWKS tokens are accepted."""
@@ -267,6 +287,16 @@ def _problem(loc: tuple[int | str, ...], message: str) -> str:
     if not loc:  # a rule about several settings (ENV=production) names them itself
         return message
     return f"{'.'.join(map(str, loc)).upper()}: {message}"
+
+
+def default_max_streams() -> int:
+    """Half the process's soft limit on open files (512 with the usual 1024): each event stream
+    holds a socket, and the other half is left to everything else (requests, the database, logs),
+    so streams can never take every descriptor. Without a limit, DEFAULT_MAX_STREAMS."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return DEFAULT_MAX_STREAMS
+    return max(1, soft // 2)
 
 
 def _is_origin(value: str) -> bool:

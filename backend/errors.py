@@ -21,6 +21,7 @@
     ├── ValidationFailed           422 VALIDATION_ERROR (+ field)
     │   └── IdempotencyKeyReused       IDEMPOTENCY_KEY_REUSED
     ├── RateLimited                429 RATE_LIMITED    (+ Retry-After, RateLimit-*)
+    │   └── TooManyStreams             RATE_LIMITED    (SSE_MAX_STREAMS…; + Retry-After only)
     ├── HeadersTooLarge            431 HEADERS_TOO_LARGE (a request head too large: server.py)
     └── ServiceUnavailable         503 SERVICE_UNAVAILABLE (+ Retry-After)
 
@@ -244,6 +245,29 @@ class HeadersTooLarge(AppError):
     status_code = 431
     code = "HEADERS_TOO_LARGE"
     default_detail = "The request line and headers are too large"
+
+
+class TooManyStreams(RateLimited):
+    """An event stream beyond SSE_MAX_STREAMS_PER_USER (`per_user`) or SSE_MAX_STREAMS. No
+    request budget is involved: only Retry-After, no RateLimit-* headers."""
+
+    def __init__(self, *, limit: int, per_user: bool, retry_after: int) -> None:
+        if per_user:
+            detail = (
+                f"This user has {limit} event streams open on this server process, the most "
+                f"allowed (SSE_MAX_STREAMS_PER_USER): close one, or retry in {retry_after} s"
+            )
+        else:
+            detail = (
+                f"This server process has {limit} event streams open, the most it allows "
+                f"(SSE_MAX_STREAMS): retry in {retry_after} s"
+            )
+        AppError.__init__(self, detail)
+        self.limit = limit
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class ServiceUnavailable(AppError):

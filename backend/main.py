@@ -221,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = db.Database(settings)
     app.state.verifier = TokenVerifier(settings, development_secret=development_secret)
-    app.state.changes = ChangeHub(settings)
+    app.state.changes = ChangeHub(settings, app.state.db)
     app.state.rate_limiter = RateLimiter(settings)
     app.state.metrics = Metrics(app.state.db)
     # Requests no route takes count against the client address's budget, as refusals do.

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from backend import db
+from backend.config import Settings
 from backend.services.events import ChangeHub
 from tests.conftest import PostgresCluster, make_settings, running_app
 
@@ -30,6 +31,11 @@ async def create(http: httpx.AsyncClient, auth: Auth, user: str) -> Any:
     response = await http.post(f"/api/{user}/tasks", json={"title": "t"}, headers=auth(user))
     assert response.status_code == 201, response.text
     return response.json()
+
+
+def new_hub(settings: Settings, **options: Any) -> ChangeHub:
+    # The wake-ups alone: these tests open no stream, so the hub's database is never used.
+    return ChangeHub(settings, db.Database(settings), **options)
 
 
 async def test_sqlite_wakes_the_writer_s_user_only(sqlite_database_url: str, auth: Auth) -> None:
@@ -77,7 +83,7 @@ async def _insert_from_elsewhere(url: str, user: str) -> None:
 async def test_postgresql_notifies_whichever_connection_wrote(
     postgresql_database_url: str,
 ) -> None:
-    hub = ChangeHub(make_settings(postgresql_database_url))
+    hub = new_hub(make_settings(postgresql_database_url))
     try:
         with hub.subscribe("alice") as alice, hub.subscribe("bob") as bob:
             await until(lambda: hub.live, "the listener")
@@ -95,7 +101,7 @@ async def test_one_listening_connection_however_many_subscribers(
     postgresql_database_url: str, postgres: PostgresCluster
 ) -> None:
     settings = make_settings(postgresql_database_url)
-    hub = ChangeHub(settings)
+    hub = new_hub(settings)
     admin = db.make_engine(make_settings(postgres.url("postgres")))
     listening = text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
     try:
@@ -112,7 +118,7 @@ async def test_one_listening_connection_however_many_subscribers(
 async def test_the_listening_connection_closes_when_no_stream_is_left(
     postgresql_database_url: str, postgres: PostgresCluster
 ) -> None:
-    hub = ChangeHub(make_settings(postgresql_database_url), linger_seconds=0.05)
+    hub = new_hub(make_settings(postgresql_database_url), linger_seconds=0.05)
     admin = db.make_engine(make_settings(postgres.url("postgres")))
     listening = text(
         "SELECT count(*) FROM pg_stat_activity "
@@ -142,7 +148,7 @@ async def test_the_listening_connection_closes_when_no_stream_is_left(
 async def test_the_listener_comes_back_after_its_connection_is_killed(
     postgresql_database_url: str, postgres: PostgresCluster
 ) -> None:
-    hub = ChangeHub(make_settings(postgresql_database_url))
+    hub = new_hub(make_settings(postgresql_database_url))
     admin = db.make_engine(make_settings(postgres.url("postgres")))
     try:
         with hub.subscribe("alice") as alice:
@@ -173,7 +179,7 @@ async def test_behind_a_pooler_it_listens_on_the_direct_url_or_polls(
     pgbouncer_database_url: str, postgres: PostgresCluster, direct: bool
 ) -> None:
     direct_url = postgres.url("taskapi_pooled") if direct else None
-    hub = ChangeHub(make_settings(pgbouncer_database_url, database_direct_url=direct_url))
+    hub = new_hub(make_settings(pgbouncer_database_url, database_direct_url=direct_url))
     try:
         with hub.subscribe("alice") as alice:
             if not direct:

@@ -66,3 +66,27 @@ def test_every_operation_is_in_the_api_reference() -> None:
         for method, operation in item.items()
     }
     assert rows == operations
+
+
+def _example_value(default: object) -> str:
+    """A default as .env.example writes it: empty when there is none (or it is worked out)."""
+    if default is None or isinstance(default, list):
+        return ""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def test_the_env_example_lists_every_setting_with_its_default() -> None:
+    # It lacked 7 settings and gave a wrong default for the pool.
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    shown = [re.fullmatch(r"# ([A-Z_]+)=(.*)", line) for line in lines]
+    examples = {match[1]: match[2] for match in shown if match}
+    assert len(examples) == len([match for match in shown if match]), "a variable twice"
+    fields = Settings.model_fields
+    assert set(examples) == {name.upper() for name in fields}
+    for name, field in fields.items():
+        default = field.get_default(call_default_factory=True)
+        assert examples[name.upper()] == _example_value(default), name

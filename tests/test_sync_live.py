@@ -700,3 +700,76 @@ async def test_a_bad_or_unknown_last_event_id_is_refused_before_the_stream(
         assert (status, body["code"]) == (410, "SYNC_TOKEN_EXPIRED"), body
         status, body = await _refused(quick_heartbeats, user, auth, since=beyond)
         assert (status, body["code"]) == (410, "SYNC_TOKEN_EXPIRED"), body
+
+
+# --- the caps on open streams ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def capped(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("capped")
+    with taskapi_serve(
+        database_url,
+        folder,
+        SSE_MAX_STREAMS_PER_USER="2",
+        SSE_MAX_STREAMS="3",
+        SSE_HEARTBEAT_SECONDS="0.2",
+    ) as server:
+        yield server
+
+
+async def _open_or_refuse(server: Served, user: str, auth: Auth) -> httpx.Response:
+    """A stream's answer when it is refused (read whole), or its head when it opens (closed
+    at once, which gives its slot back)."""
+    async with (
+        httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT) as http,
+        http.stream("GET", f"/api/{user}/tasks/events", headers=auth(user)) as response,
+    ):
+        if response.status_code != 200:
+            await response.aread()
+        return response
+
+
+async def test_streams_beyond_the_caps_are_refused_and_a_closed_one_frees_its_slot(
+    capped: Served, auth: Auth
+) -> None:
+    alice, bob = new_user(), new_user()
+    async with AsyncExitStack() as stack:
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=capped.base_url, timeout=STREAM_TIMEOUT)
+        )
+        followers = []
+        for user in (alice, alice, bob):
+            follower = StreamFollower(user, auth, {}, 0)
+            follower.connect(http)
+            stack.push_async_callback(follower.disconnect)
+            await follower.until(lambda f: "connected" in f.comments, "connected")
+            followers.append(follower)
+
+        for user, setting, limit in (
+            (alice, "SSE_MAX_STREAMS_PER_USER", 2),
+            (bob, "SSE_MAX_STREAMS", 3),
+        ):
+            response = await _open_or_refuse(capped, user, auth)
+            assert response.status_code == 429, (user, response.status_code)
+            assert response.headers["Retry-After"] == "3"
+            body = response.json()
+            assert body["code"] == "RATE_LIMITED"
+            assert f"{limit} event streams" in body["detail"]
+            assert f"({setting})" in body["detail"], body
+
+        # The client goes away: the server hears its connection close and frees the slot.
+        await followers[0].disconnect()
+        deadline = asyncio.get_running_loop().time() + DEADLINE
+        while (await _open_or_refuse(capped, alice, auth)).status_code == 429:
+            assert asyncio.get_running_loop().time() < deadline, "the slot was not given back"
+            await asyncio.sleep(0.05)
+        # The others were never disturbed.
+        for follower in followers[1:]:
+            await follower.until(more_heartbeats(follower), "a heartbeat")
+
+
+def more_heartbeats(follower: StreamFollower) -> Callable[[StreamFollower], bool]:
+    """A condition: more heartbeats than `follower` has had so far."""
+    beats = follower.comments.count("heartbeat")
+    return lambda f: f.comments.count("heartbeat") > beats

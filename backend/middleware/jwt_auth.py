@@ -11,6 +11,8 @@ Flow for every route under /api/{user_id}/…:
      Every refusal counts against the client address's budget (RATE_LIMIT_ANONYMOUS, 429
      beyond it: rate_limit.py) and is logged at INFO on "backend.auth" with its route template
      and reason; the token, the path and user ids never are.
+     An accepted token leaves its user on `request.state.user_id` and its `exp` on
+     `request.state.token_expires` (an event stream ends when its token does).
   2. `CurrentUser` is the handler's verified user id (the path's, once authenticate() has
      compared it); BEARER_SCHEME is what the OpenAPI document says of the token (the
      Authorize button of /docs).
@@ -124,7 +126,7 @@ class TokenVerifier:
             )
         # Tokens verified lately, least recently used first. A client sends one token for many
         # requests: its signature and claims are checked once, not on every request.
-        self._verified: dict[str, _Verified] = {}
+        self._verified: dict[str, VerifiedToken] = {}
         self._hs256_key = settings.hs256_secret
         self._leeway = settings.jwt_leeway_seconds
         self._jwks: JwksCache | None = None
@@ -153,18 +155,22 @@ class TokenVerifier:
     async def verify(self, token: str) -> str:
         """Return the token's user id (`sub`), or raise TokenInvalid / TokenExpired (401), or
         ServiceUnavailable (503) when the key can only be had from an unreachable JWKS."""
+        return (await self.verified(token)).user_id
+
+    async def verified(self, token: str) -> "VerifiedToken":
+        """As `verify`, with what else the service needs of the token: its expiry."""
         now = self._now()
         known = self._verified.pop(token, None)
         if known is not None and await self._still_valid(known, now):
             self._verified[token] = known  # now the most recently used
-            return known.user_id
+            return known
         verified = await self._verify(token, now)
         if len(self._verified) >= VERIFIED_TOKENS_KEPT:
             del self._verified[next(iter(self._verified))]  # the least recently used
         self._verified[token] = verified
-        return verified.user_id
+        return verified
 
-    async def _still_valid(self, known: "_Verified", now: float) -> bool:
+    async def _still_valid(self, known: "VerifiedToken", now: float) -> bool:
         if now >= known.until:
             return False
         if known.kid is None:
@@ -174,7 +180,7 @@ class TokenVerifier:
         assert self._jwks is not None
         return await self._jwks.key(known.kid, known.alg) is known.key
 
-    async def _verify(self, token: str, now: float) -> "_Verified":
+    async def _verify(self, token: str, now: float) -> "VerifiedToken":
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenInvalid("The bearer token is too large")
         if token.count(".") != 2:
@@ -221,15 +227,17 @@ class TokenVerifier:
         # number: compared, never converted, it cannot overflow.)
         limit = now + VERIFIED_TOKEN_SECONDS
         until = limit if claims["exp"] >= limit else claims["exp"] + self._leeway
-        return _Verified(user_id, until, key_id, alg, key)
+        return VerifiedToken(user_id, until, key_id, alg, key, claims["exp"])
 
 
-class _Verified(NamedTuple):
+class VerifiedToken(NamedTuple):
     user_id: str
     until: float  # the answer holds until then
     kid: str | None  # a JWKS key's id: the key must still be the cache's; None for HS256
     alg: str
     key: Any
+    # The `exp` claim: any JSON number, however large (compare it; float() could overflow).
+    expires: float
 
 
 class _Expected(NamedTuple):
@@ -358,19 +366,21 @@ async def authenticate(request: Request) -> str:
     """Verify the bearer token and that it belongs to the path's user; return the user id.
     A refusal (401, 403) counts against the client address's budget (429 beyond it)."""
     try:
-        user_id = await _bearer_user(request)
+        token = await _bearer_token(request)
     except AuthError as refusal:
         await _refused(request, refusal, refusal.detail)
         raise
+    user_id = token.user_id
     if request.path_params.get("user_id") != user_id:
         forbidden = Forbidden()
         await _refused(request, forbidden, "the token's sub is not the path's user")
         raise forbidden
     request.state.user_id = user_id
+    request.state.token_expires = token.expires
     return user_id
 
 
-async def _bearer_user(request: Request) -> str:
+async def _bearer_token(request: Request) -> VerifiedToken:
     header = request.headers.get("authorization")
     if not header:
         raise AuthRequired()
@@ -381,7 +391,7 @@ async def _bearer_user(request: Request) -> str:
     if not token:
         raise TokenInvalid("The bearer token is empty")
     verifier: TokenVerifier = request.app.state.verifier
-    return await verifier.verify(token)
+    return await verifier.verified(token)
 
 
 # The path's user id, which authenticate() (run by the route before anything else, see

@@ -6,10 +6,8 @@ ETag / If-Match / If-None-Match are versions, Idempotency-Key wraps a write in
 `services.idempotency.once`, and the event stream follows the change feed.
 """
 
-import asyncio
-import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
@@ -23,7 +21,6 @@ from pydantic_core import PydanticUndefined as Undefined
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import Receive, Scope, Send
 
-from backend.db import DatabaseUnavailable
 from backend.errors import (
     AppError,
     AuthRequired,
@@ -40,6 +37,7 @@ from backend.errors import (
     TaskNotFound,
     TokenExpired,
     TokenInvalid,
+    TooManyStreams,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -62,9 +60,7 @@ from backend.schemas.task import (
     TaskUpdate,
 )
 from backend.services import idempotency, tasks
-from backend.services.events import POLL_SECONDS, ChangeHub
-
-logger = logging.getLogger("backend.events")
+from backend.services.events import RECONNECT_SECONDS, ChangeHub, Stream
 
 MAX_TASK_ID = 2**63 - 1  # BIGINT; larger ids cannot exist, and would overflow the driver
 
@@ -513,14 +509,23 @@ async def list_changes(
     )
 
 
-_EVENT_PAGE = 100  # changes read per round trip while a stream catches up
-_SSE_RETRY_MS = 3000
+class _EventStream(StreamingResponse):
+    """A stream's response: its slot under the caps is given back however the response ends
+    (the client gone, a failure, the server stopping), not when its generator is collected."""
 
+    def __init__(self, stream: Stream) -> None:
+        super().__init__(
+            stream.body(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+        self._stream = stream
 
-def _event(seq: int, task_id: int, task: tasks.TaskRecord | None) -> bytes:
-    if task is None:
-        return b"id: %d\nevent: deleted\ndata: %s\n\n" % (seq, _json({"id": task_id}))
-    return b"id: %d\nevent: changed\ndata: %s\n\n" % (seq, _json(task))
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._stream.close()
 
 
 @router.get(
@@ -533,7 +538,10 @@ def _event(seq: int, task_id: int, task: tasks.TaskRecord | None) -> bytes:
     "line is sent when nothing happened for a while (a heartbeat). Reconnect with "
     "`Last-Event-ID` (or `?since=`) to resume without a gap; without either the stream starts "
     "from now. Send the token in `Authorization` as for every route (a fetch-based "
-    "EventSource client).",
+    "EventSource client). The stream ends when the token expires (after JWT_LEEWAY_SECONDS), "
+    "with a comment line saying so: reconnect with a fresh token and `Last-Event-ID`. At most "
+    "SSE_MAX_STREAMS_PER_USER streams of one user (and SSE_MAX_STREAMS in all) are open on "
+    "one server process: beyond, 429.",
     response_class=StreamingResponse,
     responses={
         200: {
@@ -559,6 +567,15 @@ def _event(seq: int, task_id: int, task: tasks.TaskRecord | None) -> bytes:
             "description": "The event stream",
         },
         **_SYNC_TOKEN_EXPIRED,
+        429: documented(
+            "This user has SSE_MAX_STREAMS_PER_USER streams open on this server process, or "
+            "the process SSE_MAX_STREAMS (Retry-After only); or more than RATE_LIMIT requests a "
+            "minute by this user, or, for requests refused as unauthenticated or forbidden, "
+            "more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* "
+            "then describe that budget). Retry after `Retry-After`",
+            TooManyStreams(limit=10, per_user=True, retry_after=RECONNECT_SECONDS),
+            headers=("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"),
+        ),
     },
 )
 async def stream_events(
@@ -576,49 +593,22 @@ async def stream_events(
         ),
     ] = None,
 ) -> StreamingResponse:
-    database = request.app.state.db
-    heartbeat: float = request.app.state.settings.sse_heartbeat_seconds
     # Both are checked when both are sent; the header, which a reconnecting client sends, wins.
     if since is not None:
         tasks.parse_sync_token(since, field="since")
     if last_event_id is not None:
         tasks.parse_sync_token(last_event_id, field="Last-Event-ID")
-    # An expired or foreign token is refused before the stream starts.
-    async with database.connect() as conn:
-        token = await tasks.start_token(conn, user_id=user_id, since=last_event_id or since)
-
-    async def events() -> AsyncIterator[bytes]:
-        since = token
-        yield b"retry: %d\n: connected\n\n" % _SSE_RETRY_MS
-        # Subscribed before each read: a change made while reading wakes the next one.
-        with hub.subscribe(user_id) as wake:
-            while True:
-                wake.clear()
-                try:
-                    async with database.connect() as conn:
-                        page = await tasks.changes(
-                            conn, user_id=user_id, since=since, limit=_EVENT_PAGE
-                        )
-                except (AppError, DatabaseUnavailable) as exc:
-                    # The client reconnects with Last-Event-ID and misses nothing.
-                    logger.info("event stream ended: %s", type(exc).__name__)
-                    return
-                for seq, task_id, task in page.items:
-                    yield _event(seq, task_id, task)
-                since = page.next
-                if page.has_more:
-                    continue
-                try:
-                    async with asyncio.timeout(heartbeat if hub.live else POLL_SECONDS):
-                        await wake.wait()
-                except TimeoutError:
-                    yield b": heartbeat\n\n"
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    # Counted from here, before anything is read, until the response ends (TooManyStreams).
+    stream = hub.open(user_id, expires=request.state.token_expires)
+    try:
+        # An expired or foreign token is refused before the stream starts.
+        async with request.app.state.db.connect() as conn:
+            token = await tasks.start_token(conn, user_id=user_id, since=last_event_id or since)
+    except BaseException:
+        stream.close()
+        raise
+    stream.follow(int(token))
+    return _EventStream(stream)
 
 
 async def _get_only() -> None:

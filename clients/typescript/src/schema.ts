@@ -61,7 +61,7 @@ export interface paths {
         };
         /**
          * Live changes (Server-Sent Events)
-         * @description A stream of the user's changes as they happen: `event: changed` with the task, `event: deleted` with `{"id"}`; each event's `id` is its sync token. A comment line is sent when nothing happened for a while (a heartbeat). Reconnect with `Last-Event-ID` (or `?since=`) to resume without a gap; without either the stream starts from now. Send the token in `Authorization` as for every route (a fetch-based EventSource client).
+         * @description A stream of the user's changes as they happen: `event: changed` with the task, `event: deleted` with `{"id"}`; each event's `id` is its sync token. A comment line is sent when nothing happened for a while (a heartbeat). Reconnect with `Last-Event-ID` (or `?since=`) to resume without a gap; without either the stream starts from now. Send the token in `Authorization` as for every route (a fetch-based EventSource client). The stream ends when the token expires (after JWT_LEEWAY_SECONDS), with a comment line saying so: reconnect with a fresh token and `Last-Event-ID`. At most SSE_MAX_STREAMS_PER_USER streams of one user (and SSE_MAX_STREAMS in all) are open on one server process: beyond, 429.
          */
         get: operations["streamTaskEvents"];
         put?: never;
@@ -1251,7 +1251,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description More than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget); retry after `Retry-After` */
+            /** @description This user has SSE_MAX_STREAMS_PER_USER streams open on this server process, or the process SSE_MAX_STREAMS (Retry-After only); or more than RATE_LIMIT requests a minute by this user, or, for requests refused as unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* then describe that budget). Retry after `Retry-After` */
             429: {
                 headers: {
                     /** @description Seconds to wait before retrying */
