@@ -5,6 +5,7 @@ or to a file that is not there."""
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,29 @@ def test_the_env_example_lists_every_setting_with_its_default() -> None:
     for name, field in fields.items():
         default = field.get_default(call_default_factory=True)
         assert examples[name.upper()] == _example_value(default), name
+
+
+def test_a_bare_make_lists_the_targets_and_runs_nothing() -> None:
+    # It ran the test suite (and apt-get).
+    result = subprocess.run(
+        ["make", "--no-print-directory", "--just-print"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    commands = [line for line in result.stdout.splitlines() if not line.startswith("echo ")]
+    assert commands == []  # the default goal only prints
+    listed = subprocess.run(
+        ["make", "--no-print-directory"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert [line.split()[1] for line in listed.stdout.splitlines()] == [
+        "run",
+        "test",
+        "lint",
+        "format",
+        "openapi",
+        "bench",
+        "install",
+    ]
