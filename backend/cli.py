@@ -120,6 +120,10 @@ def _token(settings: Settings, args: argparse.Namespace) -> None:
         claims["iss"] = settings.jwt_issuer
     if settings.jwt_audience:
         claims["aud"] = settings.jwt_audience
+    if args.mcp:
+        if settings.mcp_audience is None:
+            sys.exit("taskapi: --mcp needs MCP_AUDIENCE, the public URL of the MCP server (/mcp)")
+        claims["aud"] = settings.mcp_audience
     print(jwt.encode(claims, settings.hs256_secret, algorithm="HS256"))
 
 
@@ -150,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     token = commands.add_parser("token", help="print an HS256 token signed with the secret")
     token.add_argument("--sub", required=True, help="the user id")
     token.add_argument("--ttl", type=_ttl, default=3600, help="lifetime: 3600, 15m, 1h, 7d")
+    token.add_argument(
+        "--mcp", action="store_true", help="for the MCP server: its aud is MCP_AUDIENCE"
+    )
     openapi = commands.add_parser("openapi", help="write the OpenAPI document (JSON)")
     openapi.add_argument("--output", default="openapi.json", help="a file, or - for stdout")
     args = parser.parse_args(argv)

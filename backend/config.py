@@ -116,6 +116,21 @@ class Settings(BaseSettings):
         description="with --workers N: seconds a worker may take to answer the supervisor's "
         "health check (starting up included) before it is killed and replaced",
     )
+    mcp_audience: str | None = Field(
+        default=None,
+        description="the public URL of /mcp (https://api.example.com/mcp): the MCP server for AI "
+        "agents is served when it is set, takes tokens whose aud includes it, and allows its host",
+    )
+    mcp_accept_app_tokens: bool = Field(
+        default=False,
+        description="true: the MCP server also takes the web app's ordinary tokens (whose aud is "
+        "not MCP_AUDIENCE)",
+    )
+    mcp_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="further Host headers the MCP server answers (host or host:port, "
+        "comma-separated), besides MCP_AUDIENCE's host and localhost",
+    )
     log_level: str = "INFO"
     rate_limit: int = Field(
         default=600, ge=0, description="requests a minute per user (429 beyond); 0: no limit"
@@ -174,7 +189,14 @@ class Settings(BaseSettings):
             raise ValueError(f"is not a regular expression: {exc}") from None
         return value
 
-    @field_validator("better_auth_url", "jwt_jwks_url")
+    @field_validator("mcp_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip() for host in value.split(",") if host.strip()]
+        return value
+
+    @field_validator("better_auth_url", "jwt_jwks_url", "mcp_audience")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():

@@ -31,7 +31,7 @@ request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 REPEAT_INTERVAL_SECONDS = 10.0
 # The fields of the access line (and any other `extra=`) that the JSON format writes.
 EXTRA_FIELDS = ("method", "route", "status", "duration_ms")
-QUIET_LIBRARIES = ("sqlalchemy", "aiosqlite", "asyncpg", "httpx", "httpcore")
+QUIET_LIBRARIES = ("sqlalchemy", "aiosqlite", "asyncpg", "httpx", "httpx2", "httpcore", "mcp")
 
 
 class RequestIdFilter(logging.Filter):

@@ -6,7 +6,7 @@ import logging
 import logging.config
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from backend.config import (
 )
 from backend.errors import PayloadTooLarge, UnexpectedErrors, install_error_handlers
 from backend.logs import logging_config
+from backend.mcp.server import McpService
 from backend.metrics import Metrics
 from backend.middleware.cors import Cors, startup_line
 from backend.middleware.jwt_auth import BEARER_SCHEME, TokenVerifier
@@ -189,8 +190,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await db.migrate(settings)
         logger.info("%s", startup_line(settings))
         cleaner = asyncio.create_task(housekeeping(app.state.db), name="housekeeping")
-        with _steady_gc():
-            yield
+        async with app.state.mcp.run() if app.state.mcp is not None else nullcontext():
+            with _steady_gc():
+                yield
         cleaner.cancel()
         with suppress(asyncio.CancelledError):
             await cleaner
@@ -230,6 +232,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # layer that matches every request twice (about 70 µs a request, measured). They go first:
     # the router tries routes in order, and the docs' five need not be tried for every request.
     app.router.routes[:0] = [*tasks.router.routes, *health.router.routes]
+    # The MCP server for AI agents, when it has an audience (MCP_AUDIENCE).
+    app.state.mcp = None
+    if settings.mcp_audience is not None:
+        app.state.mcp = McpService(
+            settings,
+            database=app.state.db,
+            hub=app.state.changes,
+            verifier=app.state.verifier,
+            limiter=app.state.rate_limiter,
+            metrics=app.state.metrics,
+        )
+        app.router.routes[len(tasks.router.routes) : 0] = app.state.mcp.routes
     # Listed innermost first: CORS wraps everything the app answers, errors included, and
     # RequestContext wraps CORS (Starlette's own 500 handler stays outermost, but it never
     # answers: UnexpectedErrors has answered first).

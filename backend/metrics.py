@@ -56,7 +56,25 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.tool_calls = Counter(
+            "mcp_tool_calls",
+            "MCP tool calls, by tool and outcome (ok, error, unavailable)",
+            ("tool", "outcome"),
+            registry=self.registry,
+        )
+        self.tool_latency = Histogram(
+            "mcp_tool_duration_seconds",
+            "Time an MCP tool call took",
+            ("tool",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(PoolCollector(database))
+
+    def observe_tool(self, tool: str, outcome: str, seconds: float) -> None:
+        """An MCP tool call (the tools are the server's own: a bounded set of names)."""
+        self.tool_calls.labels(tool=tool, outcome=outcome).inc()
+        self.tool_latency.labels(tool=tool).observe(seconds)
 
     def observe(self, *, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "OTHER"

@@ -801,7 +801,7 @@ async def test_the_memory_of_verified_tokens_is_bounded() -> None:
         token = jwt.encode({"sub": f"user-{n}", "exp": 2_000_000_000}, SECRET, algorithm="HS256")
         assert await verifier.verify(token) == f"user-{n}"
     assert len(verifier._verified) == VERIFIED_TOKENS_KEPT
-    assert first not in verifier._verified  # the least recently used went first
+    assert (first, None) not in verifier._verified  # the least recently used went first
     assert await verifier.verify(first) == "user-0"  # and is simply verified again
 
 
@@ -810,4 +810,4 @@ async def test_an_enormous_exp_is_remembered_for_a_minute_only() -> None:
     verifier = TokenVerifier(make_settings("sqlite:///unused.db"), wall_clock=clock)
     token = jwt.encode({"sub": "alice", "exp": 10**400}, SECRET, algorithm="HS256")
     assert await verifier.verify(token) == "alice"
-    assert verifier._verified[token].until == clock.now + VERIFIED_TOKEN_SECONDS
+    assert verifier._verified[token, None].until == clock.now + VERIFIED_TOKEN_SECONDS

@@ -126,7 +126,7 @@ class TokenVerifier:
             )
         # Tokens verified lately, least recently used first. A client sends one token for many
         # requests: its signature and claims are checked once, not on every request.
-        self._verified: dict[str, VerifiedToken] = {}
+        self._verified: dict[tuple[str, str | None], VerifiedToken] = {}
         self._hs256_key = settings.hs256_secret
         self._leeway = settings.jwt_leeway_seconds
         self._jwks: JwksCache | None = None
@@ -157,17 +157,20 @@ class TokenVerifier:
         ServiceUnavailable (503) when the key can only be had from an unreachable JWKS."""
         return (await self.verified(token)).user_id
 
-    async def verified(self, token: str) -> "VerifiedToken":
-        """As `verify`, with what else the service needs of the token: its expiry."""
+    async def verified(self, token: str, *, audience: str | None = None) -> "VerifiedToken":
+        """As `verify`, with what else the service needs of the token: its expiry.
+        `audience`: a token issued for another resource than the web app — the MCP server's
+        MCP_AUDIENCE — whose `aud` must include it instead of the app's own audience."""
         now = self._now()
-        known = self._verified.pop(token, None)
+        entry = (token, audience)
+        known = self._verified.pop(entry, None)
         if known is not None and await self._still_valid(known, now):
-            self._verified[token] = known  # now the most recently used
+            self._verified[entry] = known  # now the most recently used
             return known
-        verified = await self._verify(token, now)
+        verified = await self._verify(token, now, audience)
         if len(self._verified) >= VERIFIED_TOKENS_KEPT:
             del self._verified[next(iter(self._verified))]  # the least recently used
-        self._verified[token] = verified
+        self._verified[entry] = verified
         return verified
 
     async def _still_valid(self, known: "VerifiedToken", now: float) -> bool:
@@ -180,7 +183,7 @@ class TokenVerifier:
         assert self._jwks is not None
         return await self._jwks.key(known.kid, known.alg) is known.key
 
-    async def _verify(self, token: str, now: float) -> "VerifiedToken":
+    async def _verify(self, token: str, now: float, audience: str | None) -> "VerifiedToken":
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenInvalid("The bearer token is too large")
         if token.count(".") != 2:
@@ -222,6 +225,8 @@ class TokenVerifier:
             raise TokenInvalid("The bearer token's signature does not verify") from None
         except (jwt.PyJWTError, ValueError, TypeError):
             raise TokenInvalid("The bearer token is malformed") from None
+        if audience is not None:
+            checks = checks._replace(audience=_Expected(audience, "MCP_AUDIENCE"))
         user_id = _checked_subject(claims, checks, self._leeway, now)
         # Kept until it expires (with the leeway), and at most a minute. (exp may be any JSON
         # number: compared, never converted, it cannot overflow.)

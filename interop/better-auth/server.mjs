@@ -172,6 +172,16 @@ async function hs256Token(req, res) {
   send(res, 200, { token });
 }
 
+// auth.api.signJWT (server-only in Better Auth): the jwt plugin signs the JSON body's `payload`,
+// as a Next.js route of the app would, e.g. a token for another audience (an MCP server).
+async function signJwt(req, res) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  const body = JSON.parse(Buffer.concat(chunks).toString() || "{}");
+  const { token } = await auth.api.signJWT({ body: { payload: body.payload ?? {} } });
+  send(res, 200, { token });
+}
+
 let rotationQueue = Promise.resolve();
 async function rotate(req, res) {
   req.resume(); // any request body is ignored
@@ -193,6 +203,7 @@ const TEST_ROUTES = {
   "/test/jwks-requests": { GET: jwksRequestCount },
   "/test/hs256-token": { GET: hs256Token },
   "/test/rotate": { POST: rotate },
+  "/test/sign-jwt": { POST: signJwt },
 };
 
 async function handleTestRoute(req, res, pathname) {

@@ -20,6 +20,7 @@ globalThis.fetch = async (input: string | URL | Request, init?: RequestInit) => 
   request.headers.set("origin", appUrl);
   const path = new URL(request.url).pathname;
   if (path === "/api/token") return (await import("@/app/api/token/route")).GET(request);
+  if (path === "/api/mcp-token") return (await import("@/app/api/mcp-token/route")).POST(request);
   if (path === "/api/auth/token") betterAuthTokens += 1;
   const response = await networkFetch(request);
   for (const cookie of response.headers.getSetCookie()) {
@@ -120,6 +121,27 @@ assert.deepEqual([...tasks.values()].map((task) => task.title).sort(), [
 const viaRoute = createTasksClient({ baseUrl: apiUrl, token: cachedToken(fromOwnRoute) });
 const listed = await unwrap(viaRoute.GET("/api/{user_id}/tasks", { params: { path: { user_id: userId } } }));
 assert.equal(listed.length, 5);
+
+// An AI agent's token (section 5): the MCP server takes it, and refuses the app's own.
+async function mcp(token: string | null, method: string, params: object): Promise<Response> {
+  return networkFetch(`${apiUrl}/mcp`, {
+    method: "POST",
+    headers: {
+      authorization: `Bearer ${token}`,
+      "content-type": "application/json",
+      accept: "application/json, text/event-stream",
+      "mcp-protocol-version": "2025-06-18",
+    },
+    body: JSON.stringify({ jsonrpc: "2.0", id: 1, method, params }),
+  });
+}
+const minted = (await (await fetch("/api/mcp-token", { method: "POST" })).json()) as { token: string };
+const call = await mcp(minted.token, "tools/call", { name: "add_task", arguments: { title: "from the agent" } });
+assert.equal(call.status, 200, await call.clone().text());
+const answer = (await call.json()) as { result: { isError?: boolean; structuredContent: { status: string } } };
+assert.equal(answer.result.structuredContent.status, "created", JSON.stringify(answer));
+const appToken = await fromBetterAuth();
+assert.equal((await mcp(appToken, "tools/list", {})).status, 401, "the app's token is not the MCP server's");
 
 // Signed out: no token from either, and the API's 401 reads as such.
 await authClient.signOut();
