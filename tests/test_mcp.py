@@ -107,8 +107,10 @@ def _http(app: Any, token: str | None) -> httpx2.AsyncClient:
 async def agent_of(
     app: Any, rest: httpx.AsyncClient, user: str, token: str
 ) -> AsyncIterator[Agent]:
-    url = AUDIENCE
-    async with Client(streamable_http_client(url, http_client=_http(app, token))) as client:
+    async with (
+        _http(app, token) as http,
+        Client(streamable_http_client(AUDIENCE, http_client=http)) as client,
+    ):
         yield Agent(client, rest, user)
 
 
