@@ -528,3 +528,18 @@ async def test_cli_token_signs_with_the_service_s_development_secret_and_says_wh
         f"taskapi: signed with the development secret in {(cli_env / 'dev-secret').resolve()}"
     )
     assert await TokenVerifier(service).verify(out.strip()) == "alice"
+
+
+async def test_cli_token_for_the_mcp_server(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli(["token", "--sub", "alice", "--mcp"])
+    assert exited.value.code == (
+        "taskapi: --mcp needs MCP_AUDIENCE, the public URL of the MCP server (/mcp)"
+    )
+    monkeypatch.setenv("MCP_AUDIENCE", "https://api.example.com/mcp")
+    cli(["token", "--sub", "alice", "--mcp"])
+    token = capsys.readouterr().out.strip()
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"], audience="https://api.example.com/mcp")
+    assert claims["sub"] == "alice"

@@ -423,3 +423,38 @@ async def test_without_mcp_audience_there_is_no_mcp_server(database_url: str) ->
         response = await rest.post("/mcp", json={})
     assert response.status_code == 404
     assert response.json()["code"] == "NOT_FOUND"
+
+
+async def test_only_the_hosts_it_knows(database_url: str) -> None:
+    # The SDK refuses any Host but localhost unless told: MCP_AUDIENCE's host is allowed, and
+    # MCP_ALLOWED_HOSTS adds others (a deployment behind a domain needs only MCP_AUDIENCE).
+    settings = make_settings(
+        database_url,
+        mcp_audience="https://tasks.example.com/mcp",
+        mcp_allowed_hosts="internal.example:8080",
+    )
+    user = new_user()
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-06-18",
+        "Authorization": f"Bearer {mcp_token(user, aud='https://tasks.example.com/mcp')}",
+    }
+    statuses = {}
+    async with serving(settings) as (app, _):
+        for host in (
+            "tasks.example.com",
+            "internal.example:8080",
+            "127.0.0.1:8000",
+            "evil.example",
+        ):
+            async with httpx2.AsyncClient(
+                transport=httpx2.ASGITransport(app=app), base_url=f"http://{host}"
+            ) as http:
+                statuses[host] = (await http.post("/mcp", json=body, headers=headers)).status_code
+    assert statuses == {
+        "tasks.example.com": 200,
+        "internal.example:8080": 200,
+        "127.0.0.1:8000": 200,
+        "evil.example": 421,
+    }
