@@ -120,7 +120,12 @@ async def run(base: str, pid: int, secret: str, mixed: int, distinct: int) -> No
 
         async def lister() -> None:
             for query in queries:
-                (await http.get(f"{tasks}?{query}")).raise_for_status()
+                for _ in range(10):  # a busy machine may queue a request past DB_POOL_TIMEOUT
+                    response = await http.get(f"{tasks}?{query}")
+                    if response.status_code != 503:
+                        break
+                    await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                response.raise_for_status()
 
         started = time.monotonic()
         await asyncio.gather(*(lister() for _ in range(CONCURRENCY)))
