@@ -5,9 +5,10 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 INTEROP := interop/better-auth
 CLIENT := clients/typescript
+EXAMPLE := examples/browser
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help install interop client test-services run test lint format bench openapi
+.PHONY: help install interop client example-deps example test-services run test lint format bench openapi
 .DEFAULT_GOAL := help
 
 help:
@@ -18,6 +19,7 @@ help:
 	@echo "make openapi   rewrite openapi.json from the code"
 	@echo "make bench     the performance table against shared/bench's limit server (about 30 minutes)"
 	@echo "make install   only set up .venv"
+	@echo "make example   the example page in a browser, against the API and a real Better Auth (examples/browser)"
 
 $(UV):
 	python3 -m venv $(TOOLS)
@@ -49,16 +51,33 @@ $(CLIENT)/node_modules/.installed: $(CLIENT)/package-lock.json
 
 client: $(CLIENT)/node_modules/.installed
 
-# The servers the suite runs for real: PostgreSQL 15, PgBouncer and Redis (Debian's packages), installed
-# when missing (as root, as on CI; elsewhere install them yourself or run with sudo).
+# The example page's Better Auth client, bundler and compiler (same npm cache); it links the client.
+$(EXAMPLE)/node_modules/.installed: $(EXAMPLE)/package-lock.json
+	cd $(EXAMPLE) && npm ci --no-audit --no-fund --loglevel=error --cache "$(CURDIR)/.cache/npm"
+	touch $@
+
+example-deps: $(EXAMPLE)/node_modules/.installed
+
+# The page on http://127.0.0.1:5173, Better Auth on :3000, the API on :8000 (Ctrl-C stops all three).
+example: install interop client example-deps
+	cd $(EXAMPLE) && npm run --silent build
+	$(VENV)/bin/python $(EXAMPLE)/serve.py
+
+# The servers the suite runs for real: PostgreSQL 15, PgBouncer and Redis, and the browser of the
+# browser test: Chromium (Debian's packages, never a browser download), installed when missing
+# (as root, as on CI; elsewhere install them yourself or run with sudo).
 PG_INITDB := /usr/lib/postgresql/15/bin/initdb
 PGBOUNCER := /usr/sbin/pgbouncer
 REDIS_SERVER := /usr/bin/redis-server
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
 test-services:
 	@missing=""; \
 	[ -x $(PG_INITDB) ] || missing="$$missing postgresql-15"; \
 	[ -x $(PGBOUNCER) ] || missing="$$missing pgbouncer"; \
 	[ -x $(REDIS_SERVER) ] || missing="$$missing redis-server"; \
+	[ -x $(CHROMIUM) ] || missing="$$missing chromium"; \
+	[ -x $(CHROMEDRIVER) ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		echo "# installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -80,7 +99,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint interop client test-services
+test: lint interop client example-deps test-services
 	$(VENV)/bin/pytest
 
 # The OpenAPI document at the repository root, as the app serves it (the tests compare the two).

@@ -116,4 +116,5 @@ def test_a_bare_make_lists_the_targets_and_runs_nothing() -> None:
         "openapi",
         "bench",
         "install",
+        "example",
     ]

@@ -64,6 +64,23 @@ function optionalSeconds(name) {
   if (!/^\d+$/.test(raw)) fail(`${name} must be a whole number of seconds (got ${raw})`);
   return Number.parseInt(raw, 10);
 }
+// Pages on other origins that use this server from a browser (examples/browser): Better Auth
+// trusts them (its CSRF check of cookie-carrying POSTs) and they get CORS answers with
+// credentials, as a Better Auth behind a framework's CORS middleware would give them.
+const pageOrigins = new Set();
+for (const item of (env.TRUSTED_ORIGINS ?? "").split(",")) {
+  const value = item.trim();
+  if (!value) continue;
+  let parsed;
+  try {
+    parsed = new URL(value);
+  } catch {
+    fail(`TRUSTED_ORIGINS holds something that is not an origin: ${value}`);
+  }
+  if (parsed.origin !== value.replace(/\/$/, "")) fail(`TRUSTED_ORIGINS: ${value} is not an origin`);
+  pageOrigins.add(parsed.origin);
+}
+
 const rotationInterval = optionalSeconds("ROTATION_INTERVAL");
 const gracePeriod = optionalSeconds("GRACE_PERIOD");
 
@@ -88,7 +105,9 @@ const auth = betterAuth({
   emailAndPassword: { enabled: true, requireEmailVerification: false },
   // The server's own origin (and its localhost/127.0.0.1 aliases) are trusted,
   // so clients may send `Origin: <BETTER_AUTH_URL origin>` on cookie requests.
-  trustedOrigins: [...new Set([selfOrigin, `http://${HOST}:${port}`, `http://localhost:${port}`])],
+  trustedOrigins: [
+    ...new Set([selfOrigin, `http://${HOST}:${port}`, `http://localhost:${port}`, ...pageOrigins]),
+  ],
   // Tests sign up many users quickly; never throttle them.
   rateLimit: { enabled: false },
   telemetry: { enabled: false },
@@ -217,7 +236,30 @@ async function handleTestRoute(req, res, pathname) {
   return handler(req, res);
 }
 
+// CORS for TRUSTED_ORIGINS: the page's fetches carry the session cookie (credentials), and may
+// read the bearer plugin's and the jwt plugin's headers. Other origins get no CORS headers, so
+// the browser refuses them.
+function cors(req, res) {
+  const origin = req.headers.origin;
+  if (origin === undefined || !pageOrigins.has(origin)) return false;
+  res.setHeader("access-control-allow-origin", origin);
+  res.setHeader("access-control-allow-credentials", "true");
+  res.setHeader("access-control-expose-headers", "set-auth-token, set-auth-jwt");
+  res.setHeader("vary", "Origin");
+  if (req.method !== "OPTIONS" || req.headers["access-control-request-method"] === undefined) {
+    return false;
+  }
+  res.writeHead(204, {
+    "access-control-allow-methods": "GET, POST",
+    "access-control-allow-headers": req.headers["access-control-request-headers"] ?? "",
+    "access-control-max-age": "600",
+  });
+  res.end();
+  return true; // a preflight, answered
+}
+
 const server = http.createServer((req, res) => {
+  if (cors(req, res)) return;
   const pathname = new URL(req.url ?? "/", "http://localhost").pathname;
   if (pathname === "/api/auth/jwks") jwksRequests += 1;
   if (pathname === "/test" || pathname.startsWith("/test/")) {
