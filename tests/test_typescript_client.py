@@ -119,33 +119,53 @@ def test_the_client_against_the_live_service(compiled_tests: Path, live_server: 
     assert int(counts["pass"]) >= 10, output
 
 
-@pytest.mark.parametrize("install_links", [True, False], ids=["copied", "linked"])
-def test_a_frontend_installs_it_from_the_folder(tmp_path: Path, install_links: bool) -> None:
-    """`npm install <repo>/clients/typescript`: the app imports the compiled JS and type-checks
-    against its declarations, with no build step of its own. Copied (--install-links, what the
-    guide recommends) or linked (npm's default for a folder, which resolves the client's own
-    dependencies from its node_modules). The packages come from the npm cache `make client`
-    filled; only registry metadata it lacks is fetched (`npm ci` keeps none when the npmrc says
-    omit-lockfile-registry-resolved, as this machine's does)."""
+def readme_example() -> str:
+    """The TypeScript block of the client's README (its *Use* section)."""
+    blocks = re.findall(
+        r'^```ts title="tasks.ts"\n(.*?)^```$', (CLIENT / "README.md").read_text(), re.M | re.S
+    )
+    assert len(blocks) == 1, "the README shows one example, the one compiled here"
+    return str(blocks[0])
+
+
+@pytest.mark.parametrize("how", ["packed", "copied", "linked"])
+def test_a_frontend_installs_it(tmp_path: Path, how: str) -> None:
+    """As the README says: from a tarball of `npm pack` (a frontend in its own repository), or
+    `npm install <repo>/clients/typescript` copied (--install-links) or linked (npm's default
+    for a folder, which resolves the client's own dependencies from its node_modules). The app
+    imports the compiled JS and type-checks against its declarations, with no build step of its
+    own, under each moduleResolution a frontend may have, and the README's example compiles.
+    The packages come from the npm cache `make client` filled; only registry metadata it lacks
+    is fetched (`npm ci` keeps none when the npmrc says omit-lockfile-registry-resolved, as this
+    machine's does)."""
     node, npm = tools()
     app = tmp_path / "app"
     app.mkdir()
     (app / "package.json").write_text('{"name": "app", "private": true, "type": "module"}\n')
-    install = [npm, "install", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"]
-    run(
-        *install,
-        f"--install-links={str(install_links).lower()}",
-        f"--cache={NPM_CACHE}",
-        str(CLIENT),
-        cwd=app,
-    )
+    quiet = ["--no-audit", "--no-fund", "--loglevel=error", f"--cache={NPM_CACHE}"]
+    if how == "packed":
+        vendor = app / "vendor"
+        vendor.mkdir()
+        run(npm, "pack", "--pack-destination", str(vendor), *quiet)
+        [tarball] = vendor.iterdir()
+        source = f"./vendor/{tarball.name}"
+    else:
+        source = str(CLIENT)
+    links = [f"--install-links={str(how == 'copied').lower()}"] if how != "packed" else []
+    run(npm, "install", "--prefer-offline", *quiet, *links, source, cwd=app)
     installed = app / "node_modules" / "tasks-api-client"
-    assert installed.is_symlink() is not install_links
-    if install_links:
+    assert installed.is_symlink() is (how == "linked")
+    if how != "linked":
         assert not (installed / "src").exists()  # only dist/ and package.json are shipped
+    if how == "packed":  # what `npm ci` installs from the app's own repository later
+        lock = json.loads((app / "package-lock.json").read_text())
+        assert lock["packages"]["node_modules/tasks-api-client"]["resolved"] == f"file:{source[2:]}"
+        shutil.rmtree(app / "node_modules")
+        run(npm, "ci", "--prefer-offline", *quiet, cwd=app)
 
-    (app / "tasks.ts").write_text(
-        'import { createTasksClient, ifMatch, TasksApiError, type Task } from "tasks-api-client";\n'
+    (app / "tasks.ts").write_text(readme_example())
+    (app / "more.ts").write_text(
+        'import { createTasksClient, TasksApiError, type Task } from "tasks-api-client";\n'
         'const client = createTasksClient({ baseUrl: "http://127.0.0.1:9", token: () => null });\n'
         "export async function titles(userId: string): Promise<string[]> {\n"
         '  const { data } = await client.GET("/api/{user_id}/tasks", {\n'
@@ -155,12 +175,24 @@ def test_a_frontend_installs_it_from_the_folder(tmp_path: Path, install_links: b
         "}\n"
         "// @ts-expect-error: the declarations travel with the package\n"
         'export const wrong: Task = { title: "no id" };\n'
-        "export { ifMatch, TasksApiError };\n"
+        "// @ts-expect-error: and so do the API's paths (openapi-fetch's types resolve too)\n"
+        'void client.GET("/api/tasks");\n'
+        "export { TasksApiError };\n"
     )
-    # The compiler options of a new Next.js app (bundler resolution), then node's own.
+    # The compiler options of a new Next.js app (bundler resolution), node's own, and an older
+    # project's (`node`: top-level `types`, no `exports`).
     common = ["--strict", "--noEmit", "--skipLibCheck", "--target", "ES2022", "--lib", "ES2022,DOM"]
-    tsc(*common, "--module", "esnext", "--moduleResolution", "bundler", "tasks.ts", cwd=app)
-    tsc(*common, "--module", "nodenext", "--moduleResolution", "nodenext", "tasks.ts", cwd=app)
+    for module, resolution in [("esnext", "bundler"), ("nodenext", "nodenext"), ("esnext", "node")]:
+        tsc(
+            *common,
+            "--module",
+            module,
+            "--moduleResolution",
+            resolution,
+            "tasks.ts",
+            "more.ts",
+            cwd=app,
+        )
 
     (app / "main.mjs").write_text(
         'import { createTasksClient, ifMatch, TasksApiError } from "tasks-api-client";\n'

@@ -35,7 +35,12 @@ export interface TasksClientOptions {
     fetch?: (input: Request) => Promise<Response>;
 }
 export declare function createTasksClient({ baseUrl, token, fetch }: TasksClientOptions): TasksClient;
-/** An error answer of the API (or of something in front of it), as an exception. */
+/**
+ * An error answer of the API (or of something in front of it), as an exception. Its message is
+ * `<status> <code>: <detail>`. Printed by Node it stays short: console.log shows that line and
+ * the caller's frame, an uncaught one its stack, never the Response or the task of a 412 (its
+ * fields are not enumerable; read them by name).
+ */
 export declare class TasksApiError extends Error {
     readonly status: number;
     /** The stable UPPER_SNAKE code (`TASK_NOT_FOUND`…); `HTTP_<status>` if the body had none

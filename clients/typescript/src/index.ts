@@ -77,37 +77,55 @@ function bearer(token: TokenGetter): Middleware {
   };
 }
 
-/** An error answer of the API (or of something in front of it), as an exception. */
+// This module's URL: the frames of a stack that are the client's own.
+const HERE = import.meta.url;
+
+/**
+ * An error answer of the API (or of something in front of it), as an exception. Its message is
+ * `<status> <code>: <detail>`. Printed by Node it stays short: console.log shows that line and
+ * the caller's frame, an uncaught one its stack, never the Response or the task of a 412 (its
+ * fields are not enumerable; read them by name).
+ */
 export class TasksApiError extends Error {
-  readonly status: number;
+  declare readonly status: number;
   /** The stable UPPER_SNAKE code (`TASK_NOT_FOUND`…); `HTTP_<status>` if the body had none
    * (an answer from something in front of the API, or a 304). */
-  readonly code: ErrorCode | `HTTP_${number}`;
-  readonly detail: string;
+  declare readonly code: ErrorCode | `HTTP_${number}`;
+  declare readonly detail: string;
   /** The offending field of a 422 (`title`, `due_at`, `cursor`…). */
-  readonly field: string | null;
+  declare readonly field: string | null;
   /** Every problem of a 422, when there are several. */
-  readonly errors: { field: string; message: string }[];
+  declare readonly errors: { field: string; message: string }[];
   /** A 412's task as it is now: show it, merge, then send again with its version. */
-  readonly current: Task | null;
+  declare readonly current: Task | null;
   /** Seconds to wait before trying again (429 and 503). */
-  readonly retryAfter: number | null;
-  readonly response: Response;
+  declare readonly retryAfter: number | null;
+  declare readonly response: Response;
 
   constructor(response: Response, body: unknown) {
     const error = isObject(body) ? body : {};
     const detail = typeof error.detail === "string" ? error.detail : response.statusText;
-    super(`${response.status} ${detail}`);
-    this.name = "TasksApiError";
-    this.status = response.status;
-    this.code = typeof error.code === "string" ? (error.code as ErrorCode) : `HTTP_${response.status}`;
-    this.detail = detail;
-    this.field = typeof error.field === "string" ? error.field : null;
-    this.errors = Array.isArray(error.errors) ? error.errors : [];
-    this.current = isObject(error.current) ? (error.current as Task) : null;
+    const code = typeof error.code === "string" ? (error.code as ErrorCode) : (`HTTP_${response.status}` as const);
+    super(`${response.status} ${code}: ${detail}`);
     const retryAfter = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
-    this.retryAfter = Number.isNaN(retryAfter) ? null : retryAfter;
-    this.response = response;
+    const fields: Omit<TasksApiError, keyof Error> = {
+      status: response.status,
+      code,
+      detail,
+      field: typeof error.field === "string" ? error.field : null,
+      errors: Array.isArray(error.errors) ? error.errors : [],
+      current: isObject(error.current) ? (error.current as Task) : null,
+      retryAfter: Number.isNaN(retryAfter) ? null : retryAfter,
+      response,
+    };
+    for (const [name, value] of Object.entries(fields)) Object.defineProperty(this, name, { value });
+    Object.defineProperty(this, "name", { value: "TasksApiError" });
+  }
+
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    const frames = (this.stack ?? "").split("\n").slice(1);
+    const caller = frames.find((frame) => !frame.includes(HERE) && !frame.includes("(node:internal/"));
+    return `${this.name}: ${this.message}${caller === undefined ? "" : `\n${caller}`}`;
   }
 }
 

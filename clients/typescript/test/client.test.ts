@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { test } from "node:test";
+import { inspect } from "node:util";
 import {
   createTasksClient,
   etag,
@@ -135,6 +136,13 @@ test("an edit with If-Match; a stale one is 412 with the task as it is now", asy
   assert.equal(stale.status, 412);
   assert.equal(stale.code, "PRECONDITION_FAILED");
   assert.deepEqual(stale.current, renamed);
+  // Printed (console.log), it is its message and where it was awaited: not the task, not the
+  // Response.
+  const printed = inspect(stale).split("\n");
+  assert.equal(printed.length, 2, inspect(stale));
+  assert.match(printed[0] ?? "", /^TasksApiError: 412 PRECONDITION_FAILED: \S/);
+  assert.match(printed[1] ?? "", /^ +at .*client\.test\.js:\d+/);
+  assert.deepEqual(Object.keys(stale), []);
 
   // Merge onto what is there now and send again with its version.
   const merged = await unwrap(
