@@ -6,9 +6,10 @@ VENV := .venv
 INTEROP := interop/better-auth
 CLIENT := clients/typescript
 EXAMPLE := examples/browser
+GUIDE_APP := tests/frontend_docs
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help install interop client example-deps example test-services run test lint format bench openapi
+.PHONY: help install interop client guide-deps example-deps example test-services run test lint format bench openapi
 .DEFAULT_GOAL := help
 
 help:
@@ -50,6 +51,13 @@ $(CLIENT)/node_modules/.installed: $(CLIENT)/package-lock.json
 	touch $@
 
 client: $(CLIENT)/node_modules/.installed
+
+# The packages of the Next.js app docs/frontend.md builds (better-auth, react…), for its test.
+$(GUIDE_APP)/node_modules/.installed: $(GUIDE_APP)/package-lock.json
+	cd $(GUIDE_APP) && npm ci --no-audit --no-fund --loglevel=error --cache "$(CURDIR)/.cache/npm"
+	touch $@
+
+guide-deps: $(GUIDE_APP)/node_modules/.installed
 
 # The example page's Better Auth client, bundler and compiler (same npm cache); it links the client.
 $(EXAMPLE)/node_modules/.installed: $(EXAMPLE)/package-lock.json
@@ -99,7 +107,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint interop client example-deps test-services
+test: lint interop client guide-deps example-deps test-services
 	$(VENV)/bin/pytest
 
 # The OpenAPI document at the repository root, as the app serves it (the tests compare the two).
