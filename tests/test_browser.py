@@ -10,9 +10,10 @@ fetch. Better Auth's JWTs live TOKEN_SECONDS here and the service allows no leew
 stream ends with its token during the journey, and the page reconnects with a fresh token and
 `Last-Event-ID`.
 
-The journey signs up, adds, is refused a blank title (the API's detail beside the field),
-pages with "Load more", toggles, filters, opens a second tab whose live list follows the first
-one's changes, gets a 412 for a stale edit, and signs out. Then the same page and Better Auth
+The journey signs up, opens a second tab whose live list follows the first one's changes,
+adds, is refused a blank title (the API's detail beside the field), pages with "Load more",
+toggles, filters, deletes, gets a 412 for a stale edit, waits for a stream to end with its
+token and resume, signs out and in again. Then the same page and Better Auth
 meet a service whose CORS_ORIGINS does not name the page's origin, and the browser must refuse.
 
 Evidence in test-output/browser/<test>/: a screenshot of each open tab after each step, the
@@ -34,7 +35,15 @@ from typing import Any, TextIO
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Request, Response, expect
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Request,
+    Response,
+    expect,
+    sync_playwright,
+)
 from playwright.sync_api import Error as PlaywrightError
 
 from examples.browser.serve import page_server
@@ -108,8 +117,6 @@ def bundle() -> Iterator["subprocess.Popen[str]"]:
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    from playwright.sync_api import sync_playwright
-
     executable = _chromium()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
@@ -221,12 +228,21 @@ def browser_context(chromium: Browser) -> Iterator[BrowserContext]:
         context.close()
 
 
-def until(condition: Callable[[], bool], what: str, seconds: float = TIMEOUT_MS / 1000) -> None:
-    """Waits for something the browser reports through Playwright's events (bounded)."""
+def until(
+    condition: Callable[[], bool],
+    what: str,
+    seconds: float = TIMEOUT_MS / 1000,
+    tab: Page | None = None,
+) -> None:
+    """Waits (bounded) for a condition; for one on what the browser reports through Playwright's
+    events, give the tab: its waits are when those events are delivered."""
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, f"not within {seconds:.0f} s: {what}"
-        time.sleep(0.1)
+        if tab is None:
+            time.sleep(0.1)
+        else:
+            tab.wait_for_timeout(100)
 
 
 # --- What a user does on the page ---------------------------------------------------------------
@@ -403,6 +419,14 @@ def test_the_journey(chromium: Browser, site: Site, evidence: Evidence, tmp_path
             a.locator("#sign-out").click()
             expect(a.locator("#signed-out")).to_be_visible()
             expect(a.locator("#live")).to_have_attribute("data-state", "off")
+
+        with evidence.step("sign in again: the same tasks"):
+            a.locator("#auth-form input[name=email]").fill(email)
+            a.locator("#auth-form input[name=password]").fill(PASSWORD)
+            a.locator("#auth-form button[name=sign-in]").click()
+            expect(a.locator("#who")).to_have_text(email)
+            titles(a, "after a reconnect", "from tab A", "task 5")
+            live(a)
     assert evidence.page_errors == []
 
 
@@ -432,6 +456,7 @@ def test_a_page_whose_origin_is_not_allowed_is_refused(
             until(
                 lambda: any("blocked by CORS policy" in line for line in evidence.console),
                 "the browser's CORS error in the console",
+                tab=tab,
             )
             expect(tab.locator("#tasks li")).to_have_count(0)
             log = api.log.read_text()
