@@ -77,6 +77,13 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def _serving(log: str, workers: int) -> bool:
+    """Every worker has started its application, and the socket is bound: with one worker
+    uvicorn binds it only after the start-up, then says "Uvicorn running on" (with several, its
+    supervisor binds it and says so before they start)."""
+    return log.count("Application startup complete") >= workers and "Uvicorn running on" in log
+
+
 @contextmanager
 def taskapi_serve(
     database_url: str,
@@ -119,7 +126,7 @@ def taskapi_serve(
         )
     try:
         deadline = time.monotonic() + START_SECONDS
-        while (text := log.read_text()).count("Application startup complete") < workers:
+        while not _serving(text := log.read_text(), workers):
             # A worker killed and replaced while starting (uvicorn's health check) is a failure
             # as soon as it happens, not a wait for the deadline.
             if (
