@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL
 from backend import db
 from backend.cli import main as cli
 from backend.config import Settings, with_development_secret
+from backend.db.urls import pg_connect_args
 from backend.middleware.jwt_auth import TokenVerifier
 from tests.conftest import SECRET, app_client, free_port, make_settings
 
@@ -346,7 +347,7 @@ async def test_neon_url_builds_an_engine(clean_env: None) -> None:
 
 
 def test_neon_query_becomes_asyncpg_arguments(clean_env: None) -> None:
-    url, args = db._pg_connect_args(db.normalize_url(NEON), make_settings(NEON))
+    url, args = pg_connect_args(db.normalize_url(NEON), make_settings(NEON))
     assert dict(url.query) == {}
     assert args == {"timeout": 5.0, "ssl": "require"}
     assert "channel_binding" not in _rendered(url)
@@ -355,7 +356,7 @@ def test_neon_query_becomes_asyncpg_arguments(clean_env: None) -> None:
 
 def test_more_libpq_parameters(clean_env: None) -> None:
     raw = "postgresql://u:p@h/d?sslmode=disable&connect_timeout=3&application_name=tasks"
-    url, args = db._pg_connect_args(db.normalize_url(raw), make_settings(raw))
+    url, args = pg_connect_args(db.normalize_url(raw), make_settings(raw))
     assert dict(url.query) == {}
     assert args == {
         "timeout": 3.0,

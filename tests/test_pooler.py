@@ -16,6 +16,8 @@ import pytest
 from sqlalchemy import text
 
 from backend import db
+from backend.config import Settings
+from backend.db.urls import target
 from tests.conftest import (
     PgBouncer,
     PostgresCluster,
@@ -50,7 +52,7 @@ async def test_crud_through_pgbouncer(pgbouncer_database_url: str, auth: Auth) -
     user = new_user()
     headers = auth(user)
     settings = make_settings(pgbouncer_database_url)
-    assert db.behind_pooler(settings)
+    assert target(settings, direct=False) == (db.normalize_url(pgbouncer_database_url), True)
     async with running_app(settings) as (_, http):
         # Concurrent requests spread each pooled client connection's statements over
         # PgBouncer's server connections: what broke asyncpg's named statements.
@@ -143,14 +145,16 @@ async def test_the_server_side_timeouts_are_set_on_a_direct_connection(
     assert shown == ["2500ms", "2500ms"]
 
 
+def pooled(settings: Settings) -> bool:
+    return target(settings, direct=False)[1]
+
+
 def test_the_pooler_mode_is_assumed_for_neon_pooler_hosts() -> None:
-    assert db.behind_pooler(make_settings(NEON_POOLED))
-    assert not db.behind_pooler(make_settings(NEON_DIRECT))
-    assert not db.behind_pooler(make_settings(NEON_POOLED, db_pooler="none"))  # said explicitly
-    assert db.behind_pooler(
-        make_settings("postgresql://u@pgbouncer.internal/d", db_pooler="transaction")
-    )
-    assert not db.behind_pooler(make_settings("sqlite:///x.db", db_pooler="transaction"))
+    assert pooled(make_settings(NEON_POOLED))
+    assert not pooled(make_settings(NEON_DIRECT))
+    assert not pooled(make_settings(NEON_POOLED, db_pooler="none"))  # said explicitly
+    assert pooled(make_settings("postgresql://u@pgbouncer.internal/d", db_pooler="transaction"))
+    assert not pooled(make_settings("sqlite:///x.db", db_pooler="transaction"))
 
 
 async def test_migrations_run_on_the_direct_url(postgres: PostgresCluster, auth: Auth) -> None:

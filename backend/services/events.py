@@ -240,7 +240,7 @@ class ChangeHub:
         self._readers: set[asyncio.Task[None]] = set()
         self._idle: asyncio.TimerHandle | None = None
         self._waiting: dict[str, set[_Waker]] = {}
-        self._database_notifies = not db.is_sqlite(db.normalize_url(settings.db_url))
+        self._database_notifies = not database.sqlite
         self._can_listen = db.can_listen(settings)
         self._listener: asyncio.Task[None] | None = None
         self._failures = 0
