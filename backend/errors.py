@@ -49,6 +49,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.db import DatabaseUnavailable
+from backend.models.task import etag
 
 logger = logging.getLogger("backend.errors")
 
@@ -186,7 +187,7 @@ class PreconditionFailed(AppError):
         self.current = current
 
     def headers(self) -> dict[str, str]:
-        return {"ETag": f'"{self.current["version"]}"'}
+        return {"ETag": etag(self.current["version"])}
 
     def extra(self) -> dict[str, Any]:
         return {"current": self.current}

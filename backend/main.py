@@ -7,7 +7,6 @@ import logging.config
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
@@ -30,32 +29,11 @@ from backend.middleware.rate_limit import RateLimiter
 from backend.middleware.requests import RequestContext
 from backend.routes import health, tasks
 from backend.schemas.error import HEADERS
-from backend.services import idempotency
-from backend.services import tasks as task_service
 from backend.services.events import ChangeHub
+from backend.services.housekeeping import housekeeping
 
 MAX_BODY_BYTES = 1024 * 1024
-HOUSEKEEPING_SECONDS = 3600
 logger = logging.getLogger("backend")
-
-
-async def housekeeping(database: db.Database, *, every: float = HOUSEKEEPING_SECONDS) -> None:
-    """Forget what the service keeps only for a while (idempotency keys after 24 hours,
-    deleted tasks after 30 days): every hour in each process, so there is no cron to set up.
-    Several processes doing it at once delete nothing twice."""
-    while True:
-        try:
-            async with database.connect() as conn:
-                now = datetime.now(UTC)
-                keys = await idempotency.purge(conn, now=now)
-                deletions = await task_service.forget_deletions(conn, now=now)
-            logger.info("housekeeping: %d idempotency keys, %d tombstones dropped", keys, deletions)
-        except Exception as exc:  # the database may be away: try again next time
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # shutting down: whatever the cancellation became on its way out
-            logger.warning("housekeeping failed (%s); trying again later", type(exc).__name__)
-        await asyncio.sleep(every)
 
 
 @contextmanager

@@ -62,7 +62,7 @@ from sqlalchemy.engine import make_url
 from backend import db
 from backend.config import Settings
 from backend.main import create_app
-from backend.services.tasks import fold, tag_keys
+from backend.services.tables import fold, tag_keys
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 REQUESTS = int(os.environ.get("REQUESTS", "40"))

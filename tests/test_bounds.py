@@ -18,8 +18,9 @@ from backend.config import Settings
 from backend.models.sync import TOMBSTONE_CHANGES
 from backend.models.task import UTCDateTime
 from backend.schemas.task import SortKey
-from backend.services import tasks
+from backend.services import listing, statements
 from backend.services.idempotency import KEYS_PER_USER, key_table
+from backend.services.tables import STATEMENTS_KEPT
 from tests.conftest import make_settings, running_app
 
 Auth = Callable[..., dict[str, str]]
@@ -57,11 +58,11 @@ def _distinct_list_queries() -> Iterator[list[tuple[str, str]]]:
 
 def _sizes() -> dict[str, int]:
     builders: dict[str, Any] = {
-        "list": tasks._list_statement,
-        "empty page": tasks._empty_page_statement,
-        "total": tasks._total,
-        "update": tasks._update_statement,
-        "create": tasks._create_statement,
+        "list": listing._list_statement,
+        "empty page": listing._empty_page_statement,
+        "total": listing._total,
+        "update": statements.update_statement,
+        "create": statements.create_statement,
     }
     return {name: builder.cache_info().currsize for name, builder in builders.items()}
 
@@ -98,10 +99,10 @@ async def test_statement_caches_stay_bounded_under_thousands_of_distinct_valid_r
             shapes += 1
     assert shapes > 2_000
     sizes = _sizes()
-    assert sizes["list"] == tasks.STATEMENTS_KEPT
-    assert all(size <= tasks.STATEMENTS_KEPT for size in sizes.values()), sizes
+    assert sizes["list"] == STATEMENTS_KEPT
+    assert all(size <= STATEMENTS_KEPT for size in sizes.values()), sizes
     # A prepared statement keeps at most one plan per kind of database.
-    assert len(tasks._GET._plans) <= 2
+    assert len(statements.GET._plans) <= 2
 
 
 # --- what the database keeps per user -----------------------------------------------------------

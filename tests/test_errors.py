@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from backend.errors import error_codes
 from backend.main import create_app
 from backend.middleware.cors import LOG_EVERY_SECONDS, ORIGINS_REMEMBERED, Cors
-from backend.services import tasks as task_service
+from backend.services import listing
 from tests.conftest import app_client, free_port, make_settings, running_app
 
 Auth = Callable[..., dict[str, str]]
@@ -315,7 +315,7 @@ async def test_unexpected_error_in_a_task_route_is_500_without_details(
     async def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError(SECRET_MESSAGE)
 
-    monkeypatch.setattr(task_service, "list_tasks", boom)
+    monkeypatch.setattr(listing, "list_tasks", boom)
     caplog.set_level(logging.ERROR, logger="backend.errors")
     _assert_hidden(await client.get(LIST, headers=auth("alice")))
     _assert_logged(caplog)

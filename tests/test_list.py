@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend import db
 from backend.config import Settings
 from backend.models.task import PRIORITIES, TIME_MAX, TIME_MIN
-from backend.services.tasks import PUBLIC_COLUMNS, fold, tag_keys, task_table
+from backend.services.tables import PUBLIC_COLUMNS, fold, tag_keys, task_table
 from tests.test_tasks_api import assert_json, assert_validation, create
 
 Auth = Callable[..., dict[str, str]]

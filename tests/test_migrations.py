@@ -29,7 +29,7 @@ from backend import db
 from backend.config import Settings
 from backend.main import create_app
 from backend.models.sync import TOMBSTONE_CHANGES
-from backend.services.tasks import task_table
+from backend.services.tables import task_table
 from tests.conftest import SECRET, PostgresCluster, app_client, make_settings
 
 INDEX = "ix_task_user_id_created_at_id"

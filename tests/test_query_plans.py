@@ -26,7 +26,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend import db
-from backend.services.tasks import fold, tag_keys
+from backend.services.tables import fold, tag_keys
 from tests.conftest import PostgresCluster, database_kinds, make_settings, running_app
 
 pytestmark = pytest.mark.skipif(

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.services.tasks import next_due
+from backend.services.recurrence import next_due
 from tests.test_tasks_api import assert_json, create, list_all
 
 Auth = Callable[..., dict[str, str]]

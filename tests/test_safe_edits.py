@@ -14,8 +14,9 @@ from sqlalchemy import func, select, text
 
 from backend import db
 from backend.config import Settings
+from backend.models.sync import KEY_HOURS
 from backend.services import idempotency
-from backend.services import tasks as task_service
+from backend.services.changes import forget_deletions
 from backend.services.idempotency import key_table
 from tests.test_tasks_api import assert_error, assert_validation
 
@@ -418,7 +419,7 @@ async def test_a_key_is_free_again_after_24_hours_and_purged(
     engine = db.make_engine(settings)
     try:
         async with engine.connect() as conn:
-            later = datetime.now(UTC) + timedelta(hours=idempotency.KEY_HOURS, minutes=1)
+            later = datetime.now(UTC) + timedelta(hours=KEY_HOURS, minutes=1)
             fingerprint = idempotency.request_hash("POST", BASE, {"title": "b"})
 
             async def run() -> tuple[int, bytes]:
@@ -573,9 +574,9 @@ async def test_deletions_are_forgotten_after_30_days_and_older_tokens_expire(
     try:
         async with engine.connect() as conn:
             now = datetime.now(UTC)
-            assert await task_service.forget_deletions(conn, now=now + timedelta(days=29)) == 0
+            assert await forget_deletions(conn, now=now + timedelta(days=29)) == 0
             assert (await changes(client, auth, since=old_token))["deleted"] == [first["id"]]
-            forgotten = await task_service.forget_deletions(conn, now=now + timedelta(days=31))
+            forgotten = await forget_deletions(conn, now=now + timedelta(days=31))
             assert forgotten == 1
             tombstones = await conn.execute(text("SELECT count(*) FROM task_tombstone"))
             assert tombstones.scalar_one() == 0

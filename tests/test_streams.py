@@ -29,7 +29,7 @@ from sqlalchemy import event
 from starlette.types import Message
 
 from backend.errors import TooManyStreams, error_body
-from backend.services import events
+from backend.services import events, streams
 from backend.services.events import ChangeHub
 from tests.conftest import make_settings, running_app
 from tests.test_live_races import new_user
@@ -209,7 +209,7 @@ class Statements:
 
     def feed_reads(self, user: str) -> int:
         """Reads of `user`'s change feed: the query of changed and deleted tasks after a token
-        (services.tasks.changes); listing, starting a stream and writing never run it."""
+        (services.changes.changes); listing, starting a stream and writing never run it."""
         return sum(
             1
             for statement, parameters in self.seen
@@ -269,7 +269,7 @@ async def request_stream(http: httpx.AsyncClient, user: str, auth: Auth) -> http
 def refused(response: httpx.Response, setting: str, limit: int) -> None:
     assert response.status_code == 429, response.text
     assert response.headers["content-type"] == "application/json"
-    assert response.headers["retry-after"] == str(events.RECONNECT_SECONDS)
+    assert response.headers["retry-after"] == str(streams.RECONNECT_SECONDS)
     assert "ratelimit-limit" not in response.headers  # no request budget is involved
     body = response.json()
     assert set(body) == {"detail", "code"}
@@ -360,7 +360,7 @@ async def test_a_stream_gives_its_slot_back_however_it_ends(
         # Its token expires.
         async with opened(app, user, auth, exp=int(clock.now) + 60) as stream:
             clock.now += 3600
-            assert await stream.ended() == events.EXPIRED
+            assert await stream.ended() == streams.EXPIRED
             assert hub.open_streams == 0
 
         # The changes cannot be read: here no connection frees up within DB_POOL_TIMEOUT.
@@ -369,7 +369,7 @@ async def test_a_stream_gives_its_slot_back_however_it_ends(
             async with app.state.db.connect():
                 hub.notify(user)  # as a change announced by the database would
                 last = await stream.ended()
-            assert last == events._unreadable("SERVICE_UNAVAILABLE")
+            assert last == streams.unreadable("SERVICE_UNAVAILABLE")
             assert hub.open_streams == 0
 
         # A failed start: the sync token is refused (410) after the slot was taken.
@@ -383,8 +383,8 @@ async def test_a_stream_gives_its_slot_back_however_it_ends(
         async with opened(app, user, auth) as first, opened(app, user, auth) as second:
             assert hub.open_streams == 2
             await hub.aclose()
-            assert await first.ended() == events.SHUTTING_DOWN
-            assert await second.ended() == events.SHUTTING_DOWN
+            assert await first.ended() == streams.SHUTTING_DOWN
+            assert await second.ended() == streams.SHUTTING_DOWN
             assert hub.open_streams == 0
 
 
@@ -525,8 +525,8 @@ async def test_a_stream_that_falls_too_far_behind_is_ended_and_resumes_without_a
             made = [await create(http, auth, user, "x" * 150) for _ in range(30)]
             await fast.until(lambda s: len(s.ids) == 30, "every change on the fast stream")
             slow.resume()
-            assert await slow.ended() == events.FELL_BEHIND
-            assert fast.comments.count(events.FELL_BEHIND) == 0
+            assert await slow.ended() == streams.FELL_BEHIND
+            assert fast.comments.count(streams.FELL_BEHIND) == 0
         sent = slow.ids
         assert sent == fast.ids[: len(sent)]  # a prefix, in order
         assert len(sent) < 30
@@ -565,27 +565,31 @@ async def test_a_stream_ends_when_its_token_expires_and_sends_nothing_after(
             # exp plus the leeway: it ends, and a change made now is not sent.
             clock.now = exp + leeway
             await create(http, auth, user, "after expiry")
-            assert await stream.ended() == events.EXPIRED
+            assert await stream.ended() == streams.EXPIRED
             assert [e.data for e in stream.events] == [first, second]
             assert b"after expiry" not in stream.body
-            assert stream.body.endswith(b": %s\n\n" % events.EXPIRED.encode())
+            assert stream.body.endswith(b": %s\n\n" % streams.EXPIRED.encode())
         assert hub.open_streams == 0
 
 
 def test_the_reference_states_the_bounds_the_code_has() -> None:
     text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
     reference = " ".join(text.split())  # as one line: prose is wrapped anywhere
-    example = TooManyStreams(limit=10, per_user=True, retry_after=events.RECONNECT_SECONDS)
+    example = TooManyStreams(limit=10, per_user=True, retry_after=streams.RECONNECT_SECONDS)
     assert (
         orjson.dumps(error_body(example)).decode().replace('":"', '": "').replace('","', '", "')
         in reference
     )
-    assert f"`Retry-After: {events.RECONNECT_SECONDS}`" in reference
-    assert f"retry: {events.RECONNECT_SECONDS * 1000}" in reference
+    assert f"`Retry-After: {streams.RECONNECT_SECONDS}`" in reference
+    assert f"retry: {streams.RECONNECT_SECONDS * 1000}" in reference
     assert f"at most {events.BACKLOG_BYTES // 1024} KiB of events" in reference
     assert f"within {events.SQLITE_POLL_SECONDS:g} s" in reference
     assert f"every {events.POLL_SECONDS:g} s instead" in reference
-    assert f"`: {events.EXPIRED}`" in reference
-    endings = (events.FELL_BEHIND, events._unreadable("SERVICE_UNAVAILABLE"), events.SHUTTING_DOWN)
+    assert f"`: {streams.EXPIRED}`" in reference
+    endings = (
+        streams.FELL_BEHIND,
+        streams.unreadable("SERVICE_UNAVAILABLE"),
+        streams.SHUTTING_DOWN,
+    )
     for ending in endings:
         assert f"`: {ending.split(';')[0].split(':')[0]}" in reference, ending

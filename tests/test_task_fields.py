@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import event
 
 from backend.schemas.task import TaskCreate, TaskRead, TaskReplace, TaskUpdate
-from backend.services.tasks import PUBLIC_COLUMNS, task_table
+from backend.services.tables import PUBLIC_COLUMNS, task_table
 from tests.test_tasks_api import assert_json, assert_validation, create, fetch, list_all
 
 Auth = Callable[..., dict[str, str]]

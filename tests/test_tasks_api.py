@@ -14,7 +14,7 @@ from sqlalchemy import insert, update
 from backend import db
 from backend.config import Settings
 from backend.schemas.task import TaskRead
-from backend.services.tasks import PUBLIC_COLUMNS, task_table
+from backend.services.tables import PUBLIC_COLUMNS, task_table
 
 Auth = Callable[..., dict[str, str]]
 Task = dict[str, Any]

@@ -44,7 +44,7 @@ from backend.errors import (
 from backend.middleware.jwt_auth import CurrentUser, authenticate
 from backend.middleware.rate_limit import Quota, RateLimiter
 from backend.models.sync import IDEMPOTENCY_KEY_MAX
-from backend.models.task import VERSION_MAX
+from backend.models.task import VERSION_MAX, etag
 from backend.routes.binding import Binder
 from backend.schemas.error import PreconditionFailedBody, documented
 from backend.schemas.task import (
@@ -59,8 +59,10 @@ from backend.schemas.task import (
     TaskReplace,
     TaskUpdate,
 )
-from backend.services import idempotency, tasks
-from backend.services.events import RECONNECT_SECONDS, ChangeHub, Stream
+from backend.services import changes, idempotency, listing, tasks
+from backend.services.events import ChangeHub
+from backend.services.streams import RECONNECT_SECONDS, Stream
+from backend.services.tables import TaskRecord, Versions
 
 MAX_TASK_ID = 2**63 - 1  # BIGINT; larger ids cannot exist, and would overflow the driver
 
@@ -219,7 +221,7 @@ IdempotencyKeyHeader = Annotated[
 _ENTITY_TAG = re.compile(r'(W/)?"(\d{1,18})"|(\d{1,18})')
 
 
-def _versions(header: str | None, *, weak: bool) -> tasks.Versions | None:
+def _versions(header: str | None, *, weak: bool) -> Versions | None:
     """The task versions an If-Match (strong comparison) or If-None-Match (`weak`) names; None
     for none at all (no header) or any (`*`). A bare number is taken as the ETag a client
     forgot to quote; any other entity tag, or a version no task can have, matches none."""
@@ -340,11 +342,11 @@ def _render(
     )
 
 
-def _etag(task: tasks.TaskRecord) -> str:
-    return f'"{task["version"]}"'
+def _etag(task: TaskRecord) -> str:
+    return etag(task["version"])
 
 
-def _render_task(task: tasks.TaskRecord) -> Response:
+def _render_task(task: TaskRecord) -> Response:
     return _render(task, headers={"ETag": _etag(task)})
 
 
@@ -394,7 +396,7 @@ async def _once(
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-async def _created(task: Awaitable[tasks.TaskRecord]) -> tasks.Written:
+async def _created(task: Awaitable[TaskRecord]) -> tasks.Written:
     return tasks.Written(await task)
 
 
@@ -431,7 +433,7 @@ _LIST_HEADERS = {
 async def list_tasks(
     request: Request, user_id: CurrentUser, conn: Conn, query: Annotated[TaskQuery, Query()]
 ) -> Response:
-    page = await tasks.list_tasks(conn, user_id=user_id, query=query)
+    page = await listing.list_tasks(conn, user_id=user_id, query=query)
     headers = {"X-Total-Count": str(page.total), "X-Sync-Token": page.sync_token}
     if page.cursor is not None:
         # Relative (RFC 8288): never built from the Host header. The user id is encoded as in
@@ -498,13 +500,13 @@ async def list_changes(
     since: SinceToken = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = MAX_LIST_LIMIT,
 ) -> Response:
-    changes = await tasks.changes(conn, user_id=user_id, since=since, limit=limit)
+    feed = await changes.changes(conn, user_id=user_id, since=since, limit=limit)
     return _render(
         {
-            "changed": [task for _, _, task in changes.items if task is not None],
-            "deleted": [task_id for _, task_id, task in changes.items if task is None],
-            "next": changes.next,
-            "has_more": changes.has_more,
+            "changed": [task for _, _, task in feed.items if task is not None],
+            "deleted": [task_id for _, task_id, task in feed.items if task is None],
+            "next": feed.next,
+            "has_more": feed.has_more,
         }
     )
 
@@ -595,15 +597,15 @@ async def stream_events(
 ) -> StreamingResponse:
     # Both are checked when both are sent; the header, which a reconnecting client sends, wins.
     if since is not None:
-        tasks.parse_sync_token(since, field="since")
+        changes.parse_sync_token(since, field="since")
     if last_event_id is not None:
-        tasks.parse_sync_token(last_event_id, field="Last-Event-ID")
+        changes.parse_sync_token(last_event_id, field="Last-Event-ID")
     # Counted from here, before anything is read, until the response ends (TooManyStreams).
     stream = hub.open(user_id, expires=request.state.token_expires)
     try:
         # An expired or foreign token is refused before the stream starts.
         async with request.app.state.db.connect() as conn:
-            token = await tasks.start_token(conn, user_id=user_id, since=last_event_id or since)
+            token = await changes.start_token(conn, user_id=user_id, since=last_event_id or since)
     except BaseException:
         stream.close()
         raise

@@ -30,14 +30,18 @@ from pydantic import (
 from backend.models.task import (
     CONTROL_CHARACTER,
     CONTROL_CHARACTER_IN_TEXT,
+    CONTROL_CLASS,
     DESCRIPTION_MAX,
     INTERVAL_MAX,
     PRIORITIES,
     TAG_MAX,
     TAGS_MAX,
+    TEXT_CONTROL_CLASS,
     TIME_MAX,
     TIME_MIN,
     TITLE_MAX,
+    Frequency,
+    PriorityName,
 )
 
 # Characters that show nothing on their own: white space of every kind and format characters
@@ -47,17 +51,16 @@ _INVISIBLE_CATEGORIES = {"Zs", "Zl", "Zp", "Cf"}
 # document says exactly what is accepted: a line is trimmed of white space, and what is left
 # starts and ends with a visible character, holds no control character and is 1..limit long
 # (so the limit is in the pattern: a maxLength would count the white space trimmed off).
-_CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
 _SPACE = "\\t\\n\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
 _FORMAT = "\\u00ad\\u061c\\u180e\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u206f\\ufeff"
-_EDGE = f"[^{_CONTROL}{_SPACE}{_FORMAT}]"
+_EDGE = f"[^{CONTROL_CLASS}{_SPACE}{_FORMAT}]"
 
 
 def line_pattern(limit: int) -> str:
-    return f"^[{_SPACE}]*({_EDGE}|{_EDGE}[^{_CONTROL}]{{0,{limit - 2}}}{_EDGE})[{_SPACE}]*$"
+    return f"^[{_SPACE}]*({_EDGE}|{_EDGE}[^{CONTROL_CLASS}]{{0,{limit - 2}}}{_EDGE})[{_SPACE}]*$"
 
 
-TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
+TEXT_PATTERN = f"^[^{TEXT_CONTROL_CLASS}]*$"
 
 
 def _storable(value: str) -> str:
@@ -175,7 +178,6 @@ When = Annotated[
     AfterValidator(_in_range),
     Field(description="ISO-8601 with an offset or Z, e.g. 2026-12-01T09:00:00+01:00"),
 ]
-PriorityName = Literal["low", "medium", "high", "urgent"]  # models.task.PRIORITIES, in order
 
 
 def _lower(value: Any) -> Any:
@@ -228,7 +230,7 @@ class Recurrence(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    frequency: Literal["daily", "weekly", "monthly", "yearly"]
+    frequency: Frequency
     interval: Annotated[StrictInt, Field(ge=1, le=INTERVAL_MAX)] = 1
 
 

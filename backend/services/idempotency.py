@@ -23,9 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend import db
 from backend.errors import IdempotencyKeyReused
-from backend.models.sync import IdempotencyKey
+from backend.models.sync import KEY_HOURS, IdempotencyKey
 
-KEY_HOURS = 24
 KEYS_PER_USER = 1000
 
 key_table = cast(Table, IdempotencyKey.__table__)  # type: ignore[attr-defined]
