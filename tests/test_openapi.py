@@ -17,8 +17,8 @@ from pydantic import BaseModel
 
 from backend.errors import error_codes
 from backend.schemas.error import ErrorBody, PreconditionFailedBody
+from backend.schemas.fields import TEXT_PATTERN, line_pattern
 from backend.schemas.task import (
-    TEXT_PATTERN,
     ChangesRead,
     CompleteBody,
     DeletedCount,
@@ -26,7 +26,6 @@ from backend.schemas.task import (
     TaskRead,
     TaskReplace,
     TaskUpdate,
-    line_pattern,
 )
 from tests.conftest import make_settings, running_app
 
