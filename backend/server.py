@@ -5,9 +5,9 @@ when it is told to stop.
 
 uvicorn bounds neither the size of a request head (request line + headers) on httptools, nor
 the time it may take to arrive (`h11_max_incomplete_event_size` applies to h11 only, and
-`timeout_keep_alive` only to the wait *between* requests). Without them one 50 MB header was
-read whole, at the event loop's expense (other requests stalled 1.8 s), before a 401; and
-connections trickling unfinished heads held memory for as long as they liked.
+`timeout_keep_alive` only to the wait *between* requests). Without them one huge header was
+read whole, at the event loop's expense (other requests stalled: bench/README.md), before a
+401; and connections trickling unfinished heads held memory for as long as they liked.
 
 - A head larger than MAX_HEAD_BYTES is answered 431 and the connection closed as soon as the
   limit is passed: bytes are counted as they are handed to the parser, so no more than the
@@ -38,7 +38,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from backend.errors import AppError, BadRequest, HeadersTooLarge, RequestTimeout, error_body
-from backend.middleware.requests import new_request_id
+from backend.web.middleware import new_request_id
 
 logger = logging.getLogger("backend.server")
 

@@ -40,6 +40,7 @@ from sqlalchemy import text
 from backend import db
 from backend.config import Settings
 from backend.main import create_app
+from backend.web.state import app_state
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 ALL_DATABASES = ("sqlite", "postgresql")
@@ -415,10 +416,7 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield app, http
     finally:
-        await app.state.changes.aclose()
-        await app.state.verifier.aclose()
-        await app.state.db.dispose()
-        app.state.rate_limiter.close()
+        await app_state(app).aclose()
 
 
 @asynccontextmanager
@@ -431,7 +429,7 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The real ASGI app on an empty task table, through httpx."""
     async with running_app(settings) as (app, http):
-        async with app.state.db.connect() as conn:
+        async with app_state(app).db.connect() as conn:
             for table in ("task", "task_tombstone", "sync_state", "idempotency_key"):
                 await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - fixed names
         yield http

@@ -21,6 +21,7 @@ from backend.schemas.task import SortKey
 from backend.services import listing, statements
 from backend.services.idempotency import KEYS_PER_USER, key_table
 from backend.services.tables import STATEMENTS_KEPT
+from backend.web.state import app_state
 from tests.conftest import make_settings, running_app
 
 Auth = Callable[..., dict[str, str]]
@@ -178,8 +179,8 @@ async def test_clearing_a_large_account_succeeds_within_the_statement_timeout(
     assert settings.db_statement_timeout == 5.0  # the default: the bound this must hold within
     user = f"large-{uuid4().hex[:8]}"
     async with running_app(settings) as (app, http):
-        await _seed_many(app.state.db, user, LARGE)
-        async with app.state.db.connect() as conn:
+        await _seed_many(app_state(app).db, user, LARGE)
+        async with app_state(app).db.connect() as conn:
             query = text("SELECT id FROM task WHERE user_id = :user AND completed ORDER BY id")
             completed = list((await conn.execute(query, {"user": user})).scalars())
         url = f"/api/{user}/tasks"
@@ -191,7 +192,7 @@ async def test_clearing_a_large_account_succeeds_within_the_statement_timeout(
         latest = LARGE + LARGE // 2
         # The deletions of the user's last TOMBSTONE_CHANGES changes are remembered; a token
         # from before them has expired.
-        assert await _kept(app.state.db, user) == (
+        assert await _kept(app_state(app).db, user) == (
             latest,
             LARGE // 2,
             latest - TOMBSTONE_CHANGES,
@@ -212,7 +213,7 @@ async def test_clearing_a_large_account_succeeds_within_the_statement_timeout(
         listed = await http.get(url, headers=auth(user))
         assert (listed.json(), listed.headers["X-Total-Count"]) == ([], "0")
         latest += LARGE // 2
-        assert await _kept(app.state.db, user) == (
+        assert await _kept(app_state(app).db, user) == (
             latest,
             0,
             latest - TOMBSTONE_CHANGES,
@@ -243,12 +244,12 @@ async def test_a_user_s_stored_idempotent_responses_are_bounded(
     ]
 
     async def keys(owner: str) -> list[str]:
-        async with app.state.db.connect() as conn:
+        async with app_state(app).db.connect() as conn:
             query = select(key_table.c.key).where(key_table.c.user_id == owner)
             return list((await conn.execute(query)).scalars())
 
     async with running_app(settings) as (app, http):
-        async with app.state.db.connect() as conn, db.transaction(conn):
+        async with app_state(app).db.connect() as conn, db.transaction(conn):
             await conn.execute(insert(key_table), stored)
         created = await http.post(
             f"/api/{user}/tasks",

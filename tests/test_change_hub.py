@@ -14,6 +14,7 @@ from sqlalchemy import text
 from backend import db
 from backend.config import Settings
 from backend.services.events import ChangeHub
+from backend.web.state import app_state
 from tests.conftest import PostgresCluster, make_settings, running_app
 
 Auth = Callable[..., dict[str, str]]
@@ -40,7 +41,7 @@ def new_hub(settings: Settings, **options: Any) -> ChangeHub:
 
 async def test_sqlite_wakes_the_writer_s_user_only(sqlite_database_url: str, auth: Auth) -> None:
     async with running_app(make_settings(sqlite_database_url)) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         assert hub.live
         with hub.subscribe("alice") as alice, hub.subscribe("bob") as bob:
             await create(http, auth, "bob")

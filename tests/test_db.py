@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import text
 
 from backend import db
+from backend.web.state import app_state
 from tests.conftest import make_settings, running_app
 
 
@@ -53,7 +54,7 @@ async def test_a_full_pool_answers_503_then_recovers(
 ) -> None:
     settings = make_settings(database_url, db_pool_size=1, db_pool_timeout=0.2)
     async with running_app(settings) as (app, http):
-        async with app.state.db.connect():
+        async with app_state(app).db.connect():
             response = await http.get("/api/alice/tasks", headers=auth("alice"))
         assert response.status_code == 503
         assert response.json() == {

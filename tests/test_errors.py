@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.errors import error_codes
 from backend.main import create_app
-from backend.middleware.cors import LOG_EVERY_SECONDS, ORIGINS_REMEMBERED, Cors
 from backend.services import listing
+from backend.web.cors import LOG_EVERY_SECONDS, ORIGINS_REMEMBERED, Cors
+from backend.web.state import app_state
 from tests.conftest import app_client, free_port, make_settings, running_app
 
 Auth = Callable[..., dict[str, str]]
@@ -303,7 +304,7 @@ async def test_unexpected_error_is_500_without_details(
             response = await http.get("/nope")  # still serving
             assert_error(response, 404, "NOT_FOUND")
     finally:
-        await app.state.db.dispose()
+        await app_state(app).aclose()
 
 
 async def test_unexpected_error_in_a_task_route_is_500_without_details(
@@ -459,7 +460,7 @@ async def test_http_exception_of_the_framework_keeps_status_headers_and_gets_its
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             response = await http.get("/refuse")
     finally:
-        await app.state.db.dispose()
+        await app_state(app).aclose()
     body = assert_error(response, status, code)
     assert body["detail"] == expected_detail
     for name, value in (headers or {}).items():
@@ -500,7 +501,7 @@ async def test_every_error_carries_the_cors_headers_500_included(
                 assert response.headers["access-control-allow-origin"] == ORIGIN, path
                 assert response.headers["access-control-allow-credentials"] == "true", path
     finally:
-        await app.state.db.dispose()
+        await app_state(app).aclose()
     # Logged once, by us, not again by the server.
     assert [r.name for r in caplog.records if r.exc_info] == ["backend.errors"]
 
@@ -579,7 +580,7 @@ async def test_refused_origins_are_logged_once_a_minute_and_remembered_within_a_
         await http.get("/health")
         cors = _cors(app)
         now = [1000.0]
-        cors._clock = lambda: now[0]
+        cors.clock = lambda: now[0]
         with caplog.at_level(logging.WARNING, logger="backend.cors"):
             # A request (no preflight) from a foreign origin is logged too; the browser hides
             # its answer. The API's own origin (its /docs page) is not foreign.

@@ -40,6 +40,7 @@ from pydantic import SecretStr
 from backend import db
 from backend.middleware.jwks import MIN_REFETCH_SECONDS
 from backend.middleware.jwt_auth import HS256_NOT_CONFIGURED, TokenVerifier
+from backend.web.state import app_state
 from tests.conftest import free_port, make_settings, running_app
 from tests.test_jwks import ManualClock, promptly, until
 
@@ -360,8 +361,10 @@ async def service(
     values.update(overrides)
     settings = make_settings(database_url, **values)
     async with running_app(settings) as (app, http):
-        await app.state.verifier.aclose()
-        app.state.verifier = TokenVerifier(settings, clock=clock, jwks_timeout=LOOSE_FETCH_SECONDS)
+        await app_state(app).verifier.aclose()
+        app_state(app).verifier = TokenVerifier(
+            settings, clock=clock, jwks_timeout=LOOSE_FETCH_SECONDS
+        )
         yield Service(app=app, http=http)
 
 
@@ -460,7 +463,7 @@ async def test_hs256_token_signed_with_the_shared_secret(
         async with service(
             sqlite_url, better_auth_url=better_auth.origin, better_auth_secret=None
         ) as svc:
-            assert svc.app.state.settings.hs256_secret is None
+            assert app_state(svc.app).settings.hs256_secret is None
             response = await svc.list_tasks(account.user_id, token)
             assert assert_error(response, 401, "TOKEN_INVALID")["detail"] == HS256_NOT_CONFIGURED
         assert await api.jwks_requests() == fetches_before

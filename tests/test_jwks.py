@@ -43,6 +43,7 @@ from backend.config import Settings
 from backend.errors import AppError, ServiceUnavailable, TokenExpired, TokenInvalid
 from backend.middleware.jwks import FETCH_TIMEOUT_SECONDS, MIN_REFETCH_SECONDS, JwksCache
 from backend.middleware.jwt_auth import HS256_NOT_CONFIGURED, TokenVerifier
+from backend.web.state import app_state
 from tests.conftest import SECRET, make_settings, running_app
 
 PrivateKey = (
@@ -1537,8 +1538,8 @@ async def jwks_app(settings: Settings, clock: ManualClock) -> AsyncIterator[http
     """The real app, its token verifier on the test's clock: create_app makes one on the real
     clock, replaced here before any request."""
     async with running_app(settings) as (app, http):
-        await app.state.verifier.aclose()
-        app.state.verifier = TokenVerifier(settings, clock=clock)
+        await app_state(app).verifier.aclose()
+        app_state(app).verifier = TokenVerifier(settings, clock=clock)
         yield http
 
 

@@ -29,6 +29,7 @@ from backend.middleware.rate_limit import (
     RateLimiter,
     address_key,
 )
+from backend.web.state import app_state
 from tests.conftest import RedisServer, app_client, free_port, make_settings, running_app
 
 Auth = Callable[..., dict[str, str]]
@@ -520,7 +521,7 @@ async def test_at_the_quota_a_recurring_task_completes_without_its_next_occurren
         done = await http.patch(f"{url}/{newest['id']}/complete", headers=auth(user))
         assert "X-Next-Occurrence-Skipped" not in done.headers
         assert await count() == 5
-        async with app.state.db.connect() as conn:
+        async with app_state(app).db.connect() as conn:
             kept = await conn.scalar(
                 text("SELECT task_count FROM sync_state WHERE user_id = :u"), {"u": user}
             )

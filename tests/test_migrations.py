@@ -30,6 +30,7 @@ from backend.config import Settings
 from backend.main import create_app
 from backend.models.sync import TOMBSTONE_CHANGES
 from backend.services.tables import task_table
+from backend.web.state import app_state
 from tests.conftest import SECRET, PostgresCluster, app_client, make_settings
 
 INDEX = "ix_task_user_id_created_at_id"
@@ -255,7 +256,7 @@ async def test_timestamps_are_utc_aware(
 
     app = create_app(settings)
     try:
-        async with app.state.db.connect() as conn:
+        async with app_state(app).db.connect() as conn:
             row = (
                 await conn.execute(
                     select(task_table.c.created_at, task_table.c.updated_at).where(
@@ -264,7 +265,7 @@ async def test_timestamps_are_utc_aware(
                 )
             ).one()
     finally:
-        await app.state.db.dispose()
+        await app_state(app).aclose()
     for stored in (row.created_at, row.updated_at):
         assert isinstance(stored, datetime)
         assert stored.tzinfo is not None

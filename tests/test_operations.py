@@ -33,6 +33,7 @@ from backend.logs import (
 )
 from backend.main import create_app
 from backend.services.health import head_revision
+from backend.web.state import app_state
 from tests.conftest import (
     SECRET,
     PostgresCluster,
@@ -93,14 +94,14 @@ def test_ready_refuses_a_database_that_is_not_migrated(empty_database_url: str) 
                 "the database is not migrated: it has no alembic_version table (expected "
                 f"revision {head_revision()}); run `taskapi migrate`"
             )
-            async with app.state.db.connect() as conn:
+            async with app_state(app).db.connect() as conn:
                 await conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
                 await conn.execute(text("INSERT INTO alembic_version VALUES ('0001_old')"))
             assert assert_unavailable(await http.get("/ready")) == (
                 "the database is not migrated to this version: it is at revision 0001_old, "
                 f"expected {head_revision()}; run `taskapi migrate`"
             )
-            async with app.state.db.connect() as conn:
+            async with app_state(app).db.connect() as conn:
                 await conn.execute(text("DROP TABLE alembic_version"))
         await db.migrate(make_settings(empty_database_url))
         async with running_app(make_settings(empty_database_url)) as (_, http):
@@ -497,7 +498,7 @@ async def test_metrics_count_requests_by_template_with_bounded_labels(
 
 
 async def test_metrics_see_the_connections_in_use(client: httpx.AsyncClient) -> None:
-    app_db: db.Database = client._transport.app.state.db  # type: ignore[attr-defined]
+    app_db: db.Database = app_state(client._transport.app).db  # type: ignore[attr-defined]
     async with app_db.connect():
         pool = samples((await client.get("/metrics")).text, "db_pool_")
     assert pool["db_pool_connections_in_use"] == 1

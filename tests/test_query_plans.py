@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend import db
 from backend.services.tables import fold, tag_keys
+from backend.web.state import app_state
 from tests.conftest import PostgresCluster, database_kinds, make_settings, running_app
 
 pytestmark = pytest.mark.skipif(
@@ -121,11 +122,11 @@ async def _statements(url: str, auth: dict[str, str], query: str, page: int) -> 
         for _ in range(page):
             assert path is not None, f"the list has fewer than {page} pages"
             captured.clear()
-            event.listen(app.state.db.engine.sync_engine, "before_cursor_execute", capture)
+            event.listen(app_state(app).db.engine.sync_engine, "before_cursor_execute", capture)
             try:
                 response = await http.get(path, headers=auth)
             finally:
-                event.remove(app.state.db.engine.sync_engine, "before_cursor_execute", capture)
+                event.remove(app_state(app).db.engine.sync_engine, "before_cursor_execute", capture)
             assert response.status_code == 200, response.text
             path = response.links.get("next", {}).get("url")
         assert captured

@@ -31,6 +31,7 @@ from starlette.types import Message
 from backend.errors import TooManyStreams, error_body
 from backend.services import events, streams
 from backend.services.events import ChangeHub
+from backend.web.state import app_state
 from tests.conftest import make_settings, running_app
 from tests.test_live_races import new_user
 
@@ -193,7 +194,7 @@ class Statements:
 
     def __init__(self, app: FastAPI) -> None:
         self.seen: list[tuple[str, Any]] = []
-        self._engine = app.state.db.engine.sync_engine
+        self._engine = app_state(app).db.engine.sync_engine
 
     def _record(self, *args: Any) -> None:
         _conn, _cursor, statement, parameters, _context, _many = args
@@ -286,7 +287,7 @@ async def test_a_user_s_streams_beyond_the_cap_are_refused_before_any_read(
 ) -> None:
     alice, bob = new_user(), new_user()
     async with serving(database_url, sse_max_streams_per_user=3) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         async with AsyncExitStack() as stack:
             streams = [await stack.enter_async_context(opened(app, alice, auth)) for _ in range(3)]
             with Statements(app).counting() as statements:
@@ -342,7 +343,7 @@ async def test_a_stream_gives_its_slot_back_however_it_ends(
         db_pool_size=1,
         db_pool_timeout=0.2,
     ) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         hub.clock = clock
 
         # The client goes away.
@@ -366,7 +367,7 @@ async def test_a_stream_gives_its_slot_back_however_it_ends(
         # The changes cannot be read: here no connection frees up within DB_POOL_TIMEOUT.
         async with opened(app, user, auth) as stream:
             await until(lambda: hub.idle(user), "the first read")
-            async with app.state.db.connect():
+            async with app_state(app).db.connect():
                 hub.notify(user)  # as a change announced by the database would
                 last = await stream.ended()
             assert last == streams.unreadable("SERVICE_UNAVAILABLE")
@@ -396,7 +397,7 @@ async def test_one_change_is_read_once_for_all_the_user_s_streams(
 ) -> None:
     alice, bob = new_user(), new_user()
     async with serving(database_url) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         async with AsyncExitStack() as stack:
             streams = [await stack.enter_async_context(opened(app, alice, auth)) for _ in range(8)]
             bobs = await stack.enter_async_context(opened(app, bob, auth))
@@ -418,7 +419,7 @@ async def test_one_change_is_read_once_for_all_the_user_s_streams(
 async def test_heartbeats_read_nothing(database_url: str, auth: Auth) -> None:
     user = new_user()
     async with serving(database_url, sse_heartbeat_seconds=QUICK_HEARTBEAT) as (app, _):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         hub.sqlite_poll_seconds = 3600.0  # (SQLite's read for other processes' changes)
         async with AsyncExitStack() as stack:
             streams = [await stack.enter_async_context(opened(app, user, auth)) for _ in range(4)]
@@ -441,7 +442,7 @@ async def test_behind_a_pooler_without_a_direct_url_each_user_is_read_once_a_pol
     alice, bob = new_user(), new_user()
     interval = 0.5
     async with serving(pgbouncer_database_url) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         assert not hub.live
         hub.poll_seconds = interval
         async with AsyncExitStack() as stack:
@@ -478,7 +479,7 @@ async def test_streams_of_one_user_at_different_positions_get_exactly_their_own_
     share the reads; then every later change reaches all of them."""
     user = new_user()
     async with serving(database_url) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         made = [await create(http, auth, user, f"task {n}") for n in range(events.PAGE + 30)]
         listed = await http.get(f"/api/{user}/tasks", params={"limit": 1}, headers=auth(user))
         latest = int(listed.headers["X-Sync-Token"])
@@ -518,7 +519,7 @@ async def test_a_stream_that_falls_too_far_behind_is_ended_and_resumes_without_a
 ) -> None:
     user = new_user()
     async with serving(database_url) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         hub.backlog_bytes = 2048  # a few events' worth, instead of BACKLOG_BYTES
         async with opened(app, user, auth) as slow, opened(app, user, auth) as fast:
             slow.pause()  # its client stops reading: the app's sends wait
@@ -549,7 +550,7 @@ async def test_a_stream_ends_when_its_token_expires_and_sends_nothing_after(
     async with serving(
         database_url, sse_heartbeat_seconds=QUICK_HEARTBEAT, jwt_leeway_seconds=leeway
     ) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         hub.clock = clock
         async with opened(app, user, auth, exp=exp) as stream:
             first = await create(http, auth, user)

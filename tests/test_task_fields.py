@@ -11,6 +11,7 @@ from sqlalchemy import event
 
 from backend.schemas.task import TaskCreate, TaskRead, TaskReplace, TaskUpdate
 from backend.services.tables import PUBLIC_COLUMNS, task_table
+from backend.web.state import app_state
 from tests.test_tasks_api import assert_json, assert_validation, create, fetch, list_all
 
 Auth = Callable[..., dict[str, str]]
@@ -327,7 +328,7 @@ async def test_a_request_on_a_task_that_does_not_recur_is_one_statement(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
     statements: list[str] = []
-    engine = client._transport.app.state.db.engine.sync_engine  # type: ignore[attr-defined]
+    engine = app_state(client._transport.app).db.engine.sync_engine  # type: ignore[attr-defined]
 
     def count(*args: Any) -> None:
         statements.append(args[2])

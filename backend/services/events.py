@@ -75,12 +75,11 @@ class ChangeHub:
         database: db.Database,
         *,
         linger_seconds: float = LINGER_SECONDS,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._database = database
         self._linger = linger_seconds
-        self.clock = clock
+        self.clock: Callable[[], float] = time.time
         self.poll_seconds = POLL_SECONDS
         self.sqlite_poll_seconds = SQLITE_POLL_SECONDS
         self.backlog_bytes = BACKLOG_BYTES
