@@ -119,7 +119,7 @@ def make_engine(settings: Settings, *, for_requests: bool = True) -> AsyncEngine
     url, pooled = target(settings, direct=not for_requests)
     kwargs: dict[str, Any] = {
         "hide_parameters": True,  # task text never reaches a log line
-        # JSON columns (tags, recurrence) through orjson: several times faster than json, and
+        # JSON columns (tags, recurrence) through orjson: faster than json, and
         # one spelling of a value, which SQLite's text comparison of JSON relies on.
         "json_serializer": _json_text,
         "json_deserializer": orjson.loads,

@@ -163,7 +163,7 @@ class Task(SQLModel, table=True):
         ),
         # A todo list's main views are the pending tasks: newest first, overdue, due soon. No
         # other index knows `completed`: their count read each of the user's rows from the
-        # table (status=pending of 10,000 tasks among 1M: 8,600 pages; with these, 70).
+        # table (the pages read with and without them: bench/README.md).
         Index(
             "ix_task_user_id_created_at_id_pending",
             "user_id",
