@@ -21,7 +21,7 @@ from starlette.routing import Match
 from backend.main import create_app
 from backend.web.dependencies import CONNECTION as CONNECTION_KEY
 from backend.web.routing import TaskRoute
-from tests.conftest import make_settings
+from tests.fixtures.databases import make_settings
 
 USER = "alice"
 CONNECTION = object()  # what TaskRoute would have opened

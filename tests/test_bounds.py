@@ -3,7 +3,7 @@ the requests it serves, and what the database keeps for each user (tombstones, i
 Through the real app, on both databases; the sizes are asserted, never the memory of the process."""
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 from urllib.parse import urlencode
@@ -22,9 +22,9 @@ from backend.services import listing, statements
 from backend.services.idempotency import KEYS_PER_USER, key_table
 from backend.services.tables import STATEMENTS_KEPT
 from backend.web.state import app_state
-from tests.conftest import make_settings, running_app
-
-Auth = Callable[..., dict[str, str]]
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
+from tests.helpers import Auth
 
 
 @pytest.fixture
@@ -68,6 +68,7 @@ def _sizes() -> dict[str, int]:
     return {name: builder.cache_info().currsize for name, builder in builders.items()}
 
 
+@pytest.mark.slow  # thousands of requests
 async def test_statement_caches_stay_bounded_under_thousands_of_distinct_valid_requests(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
@@ -170,6 +171,7 @@ async def _kept(database: db.Database, user: str) -> tuple[int, int, int, int]:
     return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
+@pytest.mark.slow  # a hundred thousand tasks
 async def test_clearing_a_large_account_succeeds_within_the_statement_timeout(
     settings: Settings, auth: Auth
 ) -> None:

@@ -20,7 +20,10 @@ from backend.cli import main as cli
 from backend.config import Settings, with_development_secret
 from backend.db.urls import pg_connect_args
 from backend.middleware.jwt_auth import TokenVerifier
-from tests.conftest import SECRET, app_client, free_port, make_settings
+from tests.fixtures.app import app_client
+from tests.fixtures.databases import make_settings
+from tests.fixtures.processes import free_port
+from tests.helpers import SECRET
 
 NEON = (
     "postgresql://u:p@ep-x-pooler.us-east-2.aws.neon.tech/neondb"
@@ -469,6 +472,7 @@ def test_cli_refuses_a_cors_origin_without_scheme(
     assert "'localhost:3000' is not an origin" in message
 
 
+@pytest.mark.live
 def test_serve_warns_once_about_the_development_secret(clean_env: None, tmp_path: Path) -> None:
     # `taskapi serve` reads settings, migrates, then uvicorn builds the app: one start, one
     # warning (it used to be printed by each of the two).

@@ -8,7 +8,8 @@ from sqlalchemy import text
 
 from backend import db
 from backend.web.state import app_state
-from tests.conftest import make_settings, running_app
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
 
 
 async def test_waiting_requests_get_connections_in_arrival_order(database_url: str) -> None:

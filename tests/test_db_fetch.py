@@ -17,7 +17,7 @@ from backend.db import DatabaseUnavailable
 from backend.schemas.task import TaskCreate, TaskQuery
 from backend.services import listing, tables, tasks
 from backend.services import statements as task_statements
-from tests.conftest import make_settings
+from tests.fixtures.databases import make_settings
 
 DUE = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +20,17 @@ from backend.main import create_app
 from backend.services import listing
 from backend.web.cors import LOG_EVERY_SECONDS, ORIGINS_REMEMBERED, Cors
 from backend.web.state import app_state
-from tests.conftest import app_client, free_port, make_settings, running_app
+from tests.fixtures.app import app_client, running_app
+from tests.fixtures.databases import make_settings
+from tests.fixtures.processes import free_port
+from tests.helpers import LEAKS, Auth, assert_error, create
 
-Auth = Callable[..., dict[str, str]]
 LIST = "/api/alice/tasks"
 MiB = 1024 * 1024
-LEAKS = ("Traceback", 'File "', ".py", "SELECT", "sqlalchemy", "asyncpg", "sqlite3")
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, field: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    for leak in LEAKS:
-        assert leak not in response.text
-    body: dict[str, Any] = response.json()
-    expected_keys = {"detail", "code"} if field is None else {"detail", "code", "field", "errors"}
-    assert set(body) == expected_keys
-    assert body["code"] == code
-    assert isinstance(body["detail"], str)
-    assert body["detail"] != ""
-    if field is not None:
-        assert body["field"] == field
-    return body
 
 
 async def _create(client: httpx.AsyncClient, auth: Auth, title: str = "original") -> str:
-    response = await client.post(LIST, json={"title": title}, headers=auth("alice"))
-    assert response.status_code == 201, response.text
-    return f"{LIST}/{response.json()['id']}"
+    return f"{LIST}/{(await create(client, auth, {'title': title}))['id']}"
 
 
 # --- 404 and 405 -------------------------------------------------------------------------------

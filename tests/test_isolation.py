@@ -4,7 +4,6 @@ Under his own user id, bob gets 404 for alice's tasks (existence is never leaked
 alice's user id he gets 403 on every route, before anything about the request is validated.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -19,29 +18,11 @@ from backend.main import create_app
 from backend.web import routing
 from backend.web.auth import OutsidePipeline, verified_user
 from backend.web.dependencies import Conn, CurrentUser
-from tests.conftest import make_settings, running_app
-
-Auth = Callable[..., dict[str, str]]
-Task = dict[str, Any]
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
+from tests.helpers import Auth, Task, assert_error, ok
 
 MISSING_ID = "987654321"
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) - {"field"} == {"detail", "code"}
-    assert body.get("field") is None
-    assert isinstance(body["detail"], str)
-    assert body["detail"].strip() != ""
-    assert body["code"] == code
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    return response.json()
 
 
 async def make_alices_tasks(client: httpx.AsyncClient, auth: Auth) -> list[Task]:

@@ -31,7 +31,10 @@ from backend.main import create_app
 from backend.models.sync import TOMBSTONE_CHANGES
 from backend.services.tables import task_table
 from backend.web.state import app_state
-from tests.conftest import SECRET, PostgresCluster, app_client, make_settings
+from tests.fixtures.app import app_client
+from tests.fixtures.databases import make_settings
+from tests.fixtures.postgres import PostgresCluster
+from tests.helpers import SECRET
 
 INDEX = "ix_task_user_id_created_at_id"
 # Every table at head: the tasks, and what safe edits and sync keep (migration 0003).
@@ -185,6 +188,7 @@ async def test_concurrent_migrations_leave_one_head(fresh_settings: Settings) ->
     assert await inspect_db(fresh_settings, model_differences) == []
 
 
+@pytest.mark.live
 async def test_cli_migrate(fresh_settings: Settings, tmp_path: Path) -> None:
     env = {
         **os.environ,

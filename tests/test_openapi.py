@@ -27,7 +27,8 @@ from backend.schemas.task import (
     TaskReplace,
     TaskUpdate,
 )
-from tests.conftest import make_settings, running_app
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}

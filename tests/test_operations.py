@@ -34,16 +34,12 @@ from backend.logs import (
 from backend.main import create_app
 from backend.services.health import head_revision
 from backend.web.state import app_state
-from tests.conftest import (
-    SECRET,
-    PostgresCluster,
-    _create_database,
-    free_port,
-    make_settings,
-    running_app,
-)
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import create_database, make_settings
+from tests.fixtures.postgres import PostgresCluster
+from tests.fixtures.processes import free_port
+from tests.helpers import SECRET, Auth
 
-Auth = Callable[..., dict[str, str]]
 Token = Callable[..., str]
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 ORIGIN = "https://app.example"
@@ -72,7 +68,7 @@ def empty_database_url(database_url: str, request: pytest.FixtureRequest, tmp_pa
         return f"sqlite:///{tmp_path / 'empty.db'}"
     cluster: PostgresCluster = request.getfixturevalue("postgres")
     name = f"empty_{tmp_path.name.lower().replace('-', '_')[-40:]}"
-    asyncio.run(_create_database(cluster.url("postgres"), name))
+    asyncio.run(create_database(cluster.url("postgres"), name))
     return cluster.url(name)
 
 
@@ -554,6 +550,7 @@ def taskapi_without_secret(
     )
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("command", ["serve", "migrate"])
 @pytest.mark.parametrize(
     ("env", "message"),
@@ -586,6 +583,7 @@ def test_the_cli_refuses_an_unsafe_production_start(
     assert not (tmp_path / "dev-secret").exists()
 
 
+@pytest.mark.live
 def test_the_cli_migrates_a_safe_production_configuration(tmp_path: Path) -> None:
     env = {"ENV": "production", "BETTER_AUTH_SECRET": SECRET, "CORS_ORIGINS": ORIGIN}
     result = taskapi_without_secret("migrate", tmp_path, env)

@@ -8,7 +8,6 @@ concurrency suite (tests/test_concurrency.py) runs through the same PgBouncer.
 """
 
 import asyncio
-from collections.abc import Callable
 from uuid import uuid4
 
 import asyncpg
@@ -18,15 +17,9 @@ from sqlalchemy import text
 from backend import db
 from backend.config import Settings
 from backend.db.urls import target
-from tests.conftest import (
-    PgBouncer,
-    PostgresCluster,
-    database_kinds,
-    free_port,
-    make_settings,
-    running_app,
-)
-from tests.test_db_failures import (
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import database_kinds, make_settings
+from tests.fixtures.failures import (
     BOUND,
     assert_unavailable,
     fast_settings,
@@ -34,18 +27,17 @@ from tests.test_db_failures import (
     timed,
     until_nobody_waits_for_a_lock,
 )
+from tests.fixtures.pgbouncer import PgBouncer
+from tests.fixtures.postgres import PostgresCluster
+from tests.fixtures.processes import free_port
+from tests.helpers import Auth, new_user
 
-Auth = Callable[..., dict[str, str]]
 NEON_POOLED = "postgresql://u:p@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/neondb"
 NEON_DIRECT = "postgresql://u:p@ep-cool-darkness-123456.us-east-2.aws.neon.tech/neondb"
 
 pytestmark = pytest.mark.skipif(
     "pgbouncer" not in database_kinds("pgbouncer"), reason="PostgreSQL is not selected"
 )
-
-
-def new_user() -> str:
-    return f"user-{uuid4().hex}"
 
 
 async def test_crud_through_pgbouncer(pgbouncer_database_url: str, auth: Auth) -> None:

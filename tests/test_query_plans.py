@@ -28,7 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from backend import db
 from backend.services.tables import fold, tag_keys
 from backend.web.state import app_state
-from tests.conftest import PostgresCluster, database_kinds, make_settings, running_app
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import database_kinds, make_settings
+from tests.fixtures.postgres import PostgresCluster
 
 pytestmark = pytest.mark.skipif(
     "postgresql" not in database_kinds(),

@@ -32,11 +32,10 @@ from backend.errors import TooManyStreams, error_body
 from backend.services import events, streams
 from backend.services.events import ChangeHub
 from backend.web.state import app_state
-from tests.conftest import make_settings, running_app
-from tests.test_live_races import new_user
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
+from tests.helpers import DEADLINE, Auth, create, new_user, until
 
-Auth = Callable[..., dict[str, str]]
-DEADLINE = 30.0  # seconds: loose, for a busy machine; every wait ends as soon as it can
 QUICK_HEARTBEAT = 0.05
 
 
@@ -243,21 +242,8 @@ async def serving(database_url: str, **overrides: Any) -> AsyncIterator[tuple[Fa
         yield app, http
 
 
-async def create(http: httpx.AsyncClient, auth: Auth, user: str, title: str = "t") -> Any:
-    response = await http.post(f"/api/{user}/tasks", json={"title": title}, headers=auth(user))
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
 def having(events: int) -> Callable[[SseClient], bool]:
     return lambda stream: len(stream.ids) >= events
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def request_stream(http: httpx.AsyncClient, user: str, auth: Auth) -> httpx.Response:
@@ -405,7 +391,7 @@ async def test_one_change_is_read_once_for_all_the_user_s_streams(
             await until(lambda: hub.live, "the listener")
             await until(lambda: hub.idle(alice) and hub.idle(bob), "the streams' first reads")
             with Statements(app).counting() as statements:
-                task = await create(http, auth, alice)
+                task = await create(http, auth, user=alice)
                 for stream in streams:
                     await stream.until(lambda s: len(s.events) == 1, "the change")
                 await until(lambda: hub.idle(alice), "the reads to settle")
@@ -453,7 +439,7 @@ async def test_behind_a_pooler_without_a_direct_url_each_user_is_read_once_a_pol
             loop = asyncio.get_running_loop()
             with Statements(app).counting() as statements:
                 started = loop.time()
-                task = await create(http, auth, alice)
+                task = await create(http, auth, user=alice)
                 for stream in streams[alice]:
                     await stream.until(lambda s: len(s.events) == 1, "the change, by a poll")
                 await until(lambda: statements.feed_reads(bob) >= 4, "four polls")
@@ -480,7 +466,10 @@ async def test_streams_of_one_user_at_different_positions_get_exactly_their_own_
     user = new_user()
     async with serving(database_url) as (app, http):
         hub: ChangeHub = app_state(app).changes
-        made = [await create(http, auth, user, f"task {n}") for n in range(events.PAGE + 30)]
+        made = [
+            await create(http, auth, {"title": f"task {n}"}, user=user)
+            for n in range(events.PAGE + 30)
+        ]
         listed = await http.get(f"/api/{user}/tasks", params={"limit": 1}, headers=auth(user))
         latest = int(listed.headers["X-Sync-Token"])
         assert latest == len(made)
@@ -502,7 +491,7 @@ async def test_streams_of_one_user_at_different_positions_get_exactly_their_own_
             deleted = made[0]["id"]
             response = await http.delete(f"/api/{user}/tasks/{deleted}", headers=auth(user))
             assert response.status_code == 200
-            added = await create(http, auth, user, "after")
+            added = await create(http, auth, {"title": "after"}, user=user)
             for name, stream in streams.items():
                 await stream.until(lambda s: s.ids[-1:] == [latest + 2], f"{name}'s new events")
                 assert stream.ids == list(range(positions[name] + 1, latest + 3)), name
@@ -523,7 +512,7 @@ async def test_a_stream_that_falls_too_far_behind_is_ended_and_resumes_without_a
         hub.backlog_bytes = 2048  # a few events' worth, instead of BACKLOG_BYTES
         async with opened(app, user, auth) as slow, opened(app, user, auth) as fast:
             slow.pause()  # its client stops reading: the app's sends wait
-            made = [await create(http, auth, user, "x" * 150) for _ in range(30)]
+            made = [await create(http, auth, {"title": "x" * 150}, user=user) for _ in range(30)]
             await fast.until(lambda s: len(s.ids) == 30, "every change on the fast stream")
             slow.resume()
             assert await slow.ended() == streams.FELL_BEHIND
@@ -553,19 +542,19 @@ async def test_a_stream_ends_when_its_token_expires_and_sends_nothing_after(
         hub: ChangeHub = app_state(app).changes
         hub.clock = clock
         async with opened(app, user, auth, exp=exp) as stream:
-            first = await create(http, auth, user)
+            first = await create(http, auth, user=user)
             await stream.until(lambda s: len(s.events) == 1, "a change")
 
             # Past exp, within the leeway: it goes on (heartbeats, changes).
             clock.now = exp + leeway - 0.5
             beats = stream.comments.count("heartbeat")
             await stream.until(lambda s: s.comments.count("heartbeat") >= beats + 2, "heartbeats")
-            second = await create(http, auth, user)
+            second = await create(http, auth, user=user)
             await stream.until(lambda s: len(s.events) == 2, "a change within the leeway")
 
             # exp plus the leeway: it ends, and a change made now is not sent.
             clock.now = exp + leeway
-            await create(http, auth, user, "after expiry")
+            await create(http, auth, {"title": "after expiry"}, user=user)
             assert await stream.ended() == streams.EXPIRED
             assert [e.data for e in stream.events] == [first, second]
             assert b"after expiry" not in stream.body

@@ -23,6 +23,7 @@ from backend import db
 from backend.errors import ValidationFailed
 from backend.models.task import ID_MAX, PRIORITIES, UTCDateTime
 from backend.schemas.task import TaskQuery
+from backend.services import tables
 from backend.services.tables import (
     PUBLIC_COLUMNS,
     PUBLIC_NAMES,
@@ -30,7 +31,6 @@ from backend.services.tables import (
     TAG_SEPARATOR,
     TaskRecord,
     fold,
-    now,
     sync_table,
     task_table,
 )
@@ -165,7 +165,7 @@ def _filters(shape: _Shape) -> list[ColumnElement[bool]]:
 
 
 def _filter_values(user_id: str, query: TaskQuery) -> dict[str, Any]:
-    values: dict[str, Any] = {"user_id": user_id, "now": now()}
+    values: dict[str, Any] = {"user_id": user_id, "now": tables.now()}
     if query.priority:
         values["priorities"] = query.priority
     for n, tag in enumerate(query.tag):

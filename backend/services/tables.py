@@ -38,7 +38,8 @@ STATEMENTS_KEPT = 64
 
 
 def now() -> datetime:
-    """The services' one clock: every timestamp a write stores, and the list's "now"."""
+    """The services' one clock: every timestamp a write stores, and the list's "now". Called as
+    `tables.now()`, so that a test can pin it (tests/fixtures/app.py's `clock`)."""
     return datetime.now(UTC)
 
 

@@ -27,14 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from backend import db
 from backend.errors import PreconditionFailed, QuotaExceeded, TaskNotFound, ValidationFailed
 from backend.schemas.task import TaskCreate, TaskReplace, TaskUpdate
-from backend.services import statements
+from backend.services import statements, tables
 from backend.services.recurrence import next_occurrence, offset_minutes
 from backend.services.tables import (
     TaskRecord,
     Versions,
     first,
     key,
-    now,
     public,
 )
 
@@ -79,7 +78,7 @@ async def create_task(
     """A new task, unless the user has `max_tasks` already (QuotaExceeded). The next occurrence
     of a recurring task is made without this check (completing a task must not fail), and
     counts like any other."""
-    created = now()
+    created = tables.now()
     fields = data.model_dump()  # fields left out are MISSING: the table's defaults apply
     values = {**fields, **statements.derived(fields), "user_id": user_id, "created_at": created}
     values["updated_at"] = created
@@ -122,7 +121,7 @@ async def update_task(
     params = {
         f"new_{name}": value for name, value in {**changes, **statements.derived(changes)}.items()
     }
-    params.update(key(user_id, task_id, if_match), now=now())
+    params.update(key(user_id, task_id, if_match), now=tables.now())
     if "due_at" in changes:
         due = changes["due_at"]
         params["new_offset_minutes"] = 0 if due is None else offset_minutes(due)
@@ -179,7 +178,7 @@ async def set_completed(
             max_tasks=max_tasks,
             if_match=if_match,
         )
-    params = {**key(user_id, task_id, if_match), "now": now()}
+    params = {**key(user_id, task_id, if_match), "now": tables.now()}
     toggle = statements.TOGGLE if if_match is None else statements.TOGGLE_AT_VERSION
     row = await first(conn, toggle, params)
     if row is not None:
