@@ -111,6 +111,7 @@ def test_a_bare_make_lists_the_targets_and_runs_nothing() -> None:
     assert [line.split()[1] for line in listed.stdout.splitlines()] == [
         "run",
         "test",
+        "test-fast",
         "lint",
         "format",
         "openapi",
