@@ -32,12 +32,12 @@ import socket
 from types import FrameType
 from typing import Any, cast
 
-import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from backend.errors import AppError, BadRequest, HeadersTooLarge, RequestTimeout, error_body
+from backend.schemas.rendering import to_json
 from backend.web.middleware import new_request_id
 
 logger = logging.getLogger("backend.server")
@@ -138,7 +138,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = None
         if self.cycle is None or self.cycle.response_complete:
             rid = new_request_id()
-            body = orjson.dumps(error_body(error))
+            body = to_json(error_body(error))
             head = [STATUS_LINE[error.status_code]]
             for name, value in self.server_state.default_headers:
                 head += [name, b": ", value, b"\r\n"]

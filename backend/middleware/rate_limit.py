@@ -3,8 +3,8 @@
 - per user: RATE_LIMIT requests a minute, counted after authentication (the key is the token's
   user). An authenticated request counts against this one only.
 - per client address: RATE_LIMIT_ANONYMOUS requests a minute that are refused as
-  unauthenticated or forbidden (401, 403: jwt_auth.py) or that no route takes (404, 405:
-  errors.py), answered 429 instead beyond it. Such requests cost the service something (a
+  unauthenticated or forbidden (401, 403: web/auth.py) or that no route takes (404, 405:
+  web/errors.py), answered 429 instead beyond it. Such requests cost the service something (a
   token's signature, a JWKS lookup, the router) and, keyed by no user, counted against nothing
   before. The key is the address uvicorn gives (scope["client"]; with `--proxy-headers`, the
   one the trusted proxy names); an IPv6 address counts by its /64, which one host is usually

@@ -16,7 +16,7 @@ once. What wakes it:
   a transaction-mode pooler cannot hold a LISTEN — from the first stream until none has been
   open for LINGER_SECONDS. While it is down (or behind a pooler with no direct URL), each group
   reads every POLL_SECONDS instead, and all of them once it is back.
-- SQLite: the writes of this process, which the routes report with `written`; the writes of
+- SQLite: the writes of this process, which TaskRoute reports with `written`; the writes of
   other processes (`--workers`) are found by reading every SQLITE_POLL_SECONDS.
 A heartbeat reads nothing.
 
@@ -166,8 +166,8 @@ class ChangeHub:
             waker.set()
 
     def written(self, user_id: str) -> None:
-        """A request of this process changed `user_id`'s tasks (the database says so itself
-        where it can: then this is nothing)."""
+        """A request of this process changed `user_id`'s tasks (TaskRoute says so after each
+        successful write; the database says so itself where it can: then this is nothing)."""
         if not self._database_notifies:
             self.notify(user_id)
 
