@@ -9,12 +9,13 @@ EXAMPLE := examples/browser
 GUIDE_APP := tests/frontend_docs
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help install interop client guide-deps example-deps example test-services run test lint format bench openapi
+.PHONY: help install interop client guide-deps example-deps example test-services run test test-fast lint format bench openapi
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make run       set up .venv from the lock file, migrate, serve http://$(HOST):$(PORT) (SQLite by default)"
 	@echo "make test      what CI runs: set up (apt-get, npm ci), ruff, mypy, the whole suite on SQLite and PostgreSQL"
+	@echo "make test-fast the inner loop: the in-process tests on SQLite (no server, no PostgreSQL)"
 	@echo "make lint      ruff format --check, ruff check, mypy --strict"
 	@echo "make format    ruff format and ruff check --fix"
 	@echo "make openapi   rewrite openapi.json from the code"
@@ -109,6 +110,12 @@ format: install
 
 test: lint interop client guide-deps example-deps test-services
 	$(VENV)/bin/pytest
+
+# The inner loop: every test that runs in this process on SQLite. Left out: those marked `live`
+# (they start servers of the service, PostgreSQL, PgBouncer, Redis, Better Auth or node) and
+# `slow` (thousands of requests by design); `make test` runs them all.
+test-fast: install
+	TEST_DATABASES=sqlite $(VENV)/bin/pytest -q -m "not live and not slow"
 
 # The OpenAPI document at the repository root, as the app serves it (the tests compare the two).
 openapi: install

@@ -28,6 +28,7 @@ MIN_SECRET_BYTES = 32
 DEV_SECRET_FILE = "dev-secret"  # noqa: S105 - a file name, not a secret
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 DEFAULT_MAX_STREAMS = 4096  # SSE_MAX_STREAMS where the open-files limit is unknown or unlimited
+RATE_LIMIT_SCHEMES = ("memory", "redis", "rediss")  # RATE_LIMIT_STORAGE's: in memory, or Redis
 
 
 class Settings(BaseSettings):
@@ -210,7 +211,7 @@ class Settings(BaseSettings):
     @classmethod
     def _rate_limit_storage(cls, value: str) -> str:
         scheme = value.strip().partition("://")[0].lower()
-        if "://" not in value or scheme not in ("memory", "redis", "rediss"):
+        if "://" not in value or scheme not in RATE_LIMIT_SCHEMES:
             raise ValueError("must be memory://, redis://host:port/db or rediss://host:port/db")
         return value.strip()
 

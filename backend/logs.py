@@ -1,6 +1,6 @@
 """Logging: the request id on every line, text or JSON lines, and repeated failures counted.
 
-- `request_id` (a contextvar) is set by `middleware.requests.RequestContext` for the time of a
+- `request_id` (a contextvar) is set by `web.middleware.RequestContext` for the time of a
   request; `RequestIdFilter` copies it onto each record (`-` outside a request).
 - `RepeatFilter` writes a WARNING-or-worse record once per (logger, message template) and
   interval, counts the repeats, and writes `… repeated N times in the last 10 s` when the
@@ -154,7 +154,8 @@ def formatter(log_format: str) -> logging.Formatter:
 
 
 def stream_handler(log_format: str = "text", stream: IO[str] | None = None) -> logging.Handler:
-    """The one handler `taskapi` logs through (stderr): request ids on, repeats counted."""
+    """The one handler `taskapi` logs through (stderr; the tests' `stream`): request ids on,
+    repeats counted."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter(log_format))
     handler.addFilter(RequestIdFilter())

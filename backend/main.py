@@ -1,206 +1,36 @@
-"""The ASGI application: `backend.main:app`, built by `create_app(settings)`."""
+"""The ASGI application: `backend.main:app`, built by `create_app(settings)`. This module is the
+wiring only: the state, the lifespan, the document, the routes and the middlewares' order."""
 
-import asyncio
-import gc
-import logging
 import logging.config
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, nullcontext, suppress
-from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import db
-from backend.config import (
-    Settings,
-    development_secret_file,
-    from_environment,
-    with_development_secret,
-)
-from backend.errors import PayloadTooLarge, UnexpectedErrors, install_error_handlers
+from backend.config import Settings, from_environment
 from backend.logs import logging_config
 from backend.mcp.server import McpService
-from backend.metrics import Metrics
-from backend.middleware.cors import Cors, startup_line
-from backend.middleware.jwt_auth import BEARER_SCHEME, TokenVerifier
-from backend.middleware.rate_limit import RateLimiter
-from backend.middleware.requests import RequestContext
-from backend.routes import health, tasks
-from backend.schemas.error import HEADERS
-from backend.services import idempotency
-from backend.services import tasks as task_service
-from backend.services.events import ChangeHub
-
-MAX_BODY_BYTES = 1024 * 1024
-HOUSEKEEPING_SECONDS = 3600
-logger = logging.getLogger("backend")
-
-
-async def housekeeping(database: db.Database, *, every: float = HOUSEKEEPING_SECONDS) -> None:
-    """Forget what the service keeps only for a while (idempotency keys after 24 hours,
-    deleted tasks after 30 days): every hour in each process, so there is no cron to set up.
-    Several processes doing it at once delete nothing twice."""
-    while True:
-        try:
-            async with database.connect() as conn:
-                now = datetime.now(UTC)
-                keys = await idempotency.purge(conn, now=now)
-                deletions = await task_service.forget_deletions(conn, now=now)
-            logger.info("housekeeping: %d idempotency keys, %d tombstones dropped", keys, deletions)
-        except Exception as exc:  # the database may be away: try again next time
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # shutting down: whatever the cancellation became on its way out
-            logger.warning("housekeeping failed (%s); trying again later", type(exc).__name__)
-        await asyncio.sleep(every)
-
-
-@contextmanager
-def _steady_gc() -> Iterator[None]:
-    """While serving: what was built at start-up (modules, the app, SQLAlchemy's and pydantic's
-    caches) is moved out of the cyclic collector's sight, and young objects are collected less
-    often. A request allocates thousands of short-lived objects, and every collection of the
-    older generations walked all of start-up's: py-spy put 5-10 % of a list request's time in
-    the allocating frames, and this took one process from 541 to 858 list requests a second
-    (PostgreSQL, 64 connections). Undone at shutdown, so nothing frozen outlives the app."""
-    threshold = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
-
-
-class BodySizeLimit:
-    """Refuses request bodies over the limit with 413, counting bytes as they stream in, so a
-    chunked body without Content-Length is caught too and nothing large is ever buffered."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                declared_too_large = True
-                break
-        else:
-            declared_too_large = False
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            if declared_too_large:
-                raise PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes")
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(f"The request body is larger than {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-class NoTrailingSlash:
-    """Serves `/api/alice/tasks/` as `/api/alice/tasks`. Starlette would answer a redirect whose
-    Location it builds from the Host header (`Host: evil.example` → `http://evil.example/…`,
-    and `http://` behind TLS); a frontend that adds the slash simply gets its answer."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
-            raw: bytes = scope.get("raw_path") or path.encode()
-            scope = {
-                **scope,
-                "path": path[:-1],
-                "raw_path": raw[:-1] if raw.endswith(b"/") else raw,
-            }
-        await self.app(scope, receive, send)
-
-
-_REQUEST_ID_HEADER = {
-    "description": "The request's id: the one sent, when sane, or a new one; every log line "
-    "of the request carries it",
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
-}
-_RATE_LIMIT_HEADERS = {
-    name: HEADERS[name] for name in ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
-}
-TAGS = [
-    {"name": "tasks", "description": "A user's tasks: every route needs the user's token."},
-    {
-        "name": "sync",
-        "description": "What changed since a sync token, as pages or as a live stream.",
-    },
-    {"name": "operations", "description": "Probes and metrics for operators; no token."},
-]
-
-
-def _finish_document(schema: dict[str, Any]) -> dict[str, Any]:
-    """What FastAPI cannot say per route: every route under /api/ needs the bearer token, every
-    response carries X-Request-ID, and every successful answer under /api/ the user's
-    RateLimit-* headers. An optional query or header
-    parameter is left out, never sent as null (a header or query value is text): FastAPI
-    documents `str | None` as "a string or null", so a client generator or fuzzer would send
-    the text "null". Such a parameter is documented as the string alone."""
-    schema.setdefault("components", {}).setdefault("securitySchemes", {})
-    schema["components"]["securitySchemes"]["HTTPBearer"] = BEARER_SCHEME
-    for path, operations in schema.get("paths", {}).items():
-        for operation in operations.values():
-            if path.startswith("/api/"):
-                operation["security"] = [{"HTTPBearer": []}]
-            for status, response in operation.get("responses", {}).items():
-                headers = response.setdefault("headers", {})
-                if path.startswith("/api/") and status.startswith("2"):
-                    headers.update(_RATE_LIMIT_HEADERS)
-                headers["X-Request-ID"] = _REQUEST_ID_HEADER
-            for parameter in operation.get("parameters", []):
-                choices = parameter.get("schema", {}).get("anyOf")
-                if not choices or {"type": "null"} not in choices:
-                    continue
-                others = [choice for choice in choices if choice != {"type": "null"}]
-                if len(others) == 1:
-                    rest = {k: v for k, v in parameter["schema"].items() if k != "anyOf"}
-                    parameter["schema"] = {**others[0], **rest}
-    return schema
+from backend.routes import ROUTES
+from backend.web import openapi
+from backend.web.cors import Cors
+from backend.web.errors import install_error_handlers
+from backend.web.lifespan import lifespan
+from backend.web.middleware import BodySizeLimit, NoTrailingSlash, RequestContext, UnexpectedErrors
+from backend.web.state import AppState
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    development_secret = development_secret_file(settings)
-    settings = with_development_secret(settings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.migrate_on_start:
-            await db.migrate(settings)
-        logger.info("%s", startup_line(settings))
-        cleaner = asyncio.create_task(housekeeping(app.state.db), name="housekeeping")
-        async with app.state.mcp.run() if app.state.mcp is not None else nullcontext():
-            with _steady_gc():
-                yield
-        cleaner.cancel()
-        with suppress(asyncio.CancelledError):
-            await cleaner
-        await app.state.changes.aclose()
-        await app.state.verifier.aclose()
-        await app.state.db.dispose()
-        app.state.rate_limiter.close()
-
+    state = AppState.build(settings or Settings())
+    if state.settings.mcp_audience is not None:  # the MCP server for AI agents
+        state.mcp = McpService(
+            state.settings,
+            database=state.db,
+            hub=state.changes,
+            verifier=state.verifier,
+            limiter=state.rate_limiter,
+            metrics=state.metrics,
+        )
     # Swagger UI and ReDoc from files this package ships, not from a CDN: /docs works offline.
     app = FastAPIOffline(
         static_url="/docs/assets",
@@ -209,41 +39,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Multi-user tasks for apps whose users sign in with Better Auth.",
         description="Every route under `/api/` needs `Authorization: Bearer <JWT>` whose `sub` "
         "is the `{user_id}` of the path. Errors are `{detail, code, field}`.",
-        openapi_tags=TAGS,
-        lifespan=lifespan,
+        openapi_tags=openapi.TAGS,
+        lifespan=lifespan(state),
         redirect_slashes=False,
     )
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = _finish_document(FastAPI.openapi(app))
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-    app.state.settings = settings
-    app.state.db = db.Database(settings)
-    app.state.verifier = TokenVerifier(settings, development_secret=development_secret)
-    app.state.changes = ChangeHub(settings, app.state.db)
-    app.state.rate_limiter = RateLimiter(settings)
-    app.state.metrics = Metrics(app.state.db)
+    state.attach(app)
+    openapi.finish(app)
     # Requests no route takes count against the client address's budget, as refusals do.
-    install_error_handlers(app, unrouted=app.state.rate_limiter.refusal_for)
-    # The routers' routes are the app's own: FastAPI would wrap each included router in one more
-    # layer that matches every request twice (about 70 µs a request, measured). They go first:
-    # the router tries routes in order, and the docs' five need not be tried for every request.
-    app.router.routes[:0] = [*tasks.router.routes, *health.router.routes]
-    # The MCP server for AI agents, when it has an audience (MCP_AUDIENCE).
-    app.state.mcp = None
-    if settings.mcp_audience is not None:
-        app.state.mcp = McpService(
-            settings,
-            database=app.state.db,
-            hub=app.state.changes,
-            verifier=app.state.verifier,
-            limiter=app.state.rate_limiter,
-            metrics=app.state.metrics,
-        )
-        app.router.routes[len(tasks.router.routes) : 0] = app.state.mcp.routes
+    install_error_handlers(app, unrouted=state.rate_limiter.refusal_for)
+    # The routes are the app's own: FastAPI would wrap each included router in one more layer
+    # that matches every request twice (bench/README.md). They go first: the router tries
+    # routes in order, and the docs' five need not be tried for every request.
+    app.router.routes[:0] = [*ROUTES, *(state.mcp.routes if state.mcp is not None else ())]
     # Listed innermost first: CORS wraps everything the app answers, errors included, and
     # RequestContext wraps CORS (Starlette's own 500 handler stays outermost, but it never
     # answers: UnexpectedErrors has answered first).
@@ -251,8 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(NoTrailingSlash)
     # Always there: a browser's preflight is answered, refused ones with what to set.
-    app.add_middleware(Cors, settings=settings)
-    app.add_middleware(RequestContext, routes=app.router.routes, metrics=app.state.metrics)
+    app.add_middleware(Cors, settings=state.settings)
+    app.add_middleware(RequestContext, routes=app.router.routes, metrics=state.metrics)
     return app
 
 

@@ -5,9 +5,9 @@ when it is told to stop.
 
 uvicorn bounds neither the size of a request head (request line + headers) on httptools, nor
 the time it may take to arrive (`h11_max_incomplete_event_size` applies to h11 only, and
-`timeout_keep_alive` only to the wait *between* requests). Without them one 50 MB header was
-read whole, at the event loop's expense (other requests stalled 1.8 s), before a 401; and
-connections trickling unfinished heads held memory for as long as they liked.
+`timeout_keep_alive` only to the wait *between* requests). Without them one huge header was
+read whole, at the event loop's expense (other requests stalled: bench/README.md), before a
+401; and connections trickling unfinished heads held memory for as long as they liked.
 
 - A head larger than MAX_HEAD_BYTES is answered 431 and the connection closed as soon as the
   limit is passed: bytes are counted as they are handed to the parser, so no more than the
@@ -32,13 +32,13 @@ import socket
 from types import FrameType
 from typing import Any, cast
 
-import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from backend.errors import AppError, BadRequest, HeadersTooLarge, RequestTimeout, error_body
-from backend.middleware.requests import new_request_id
+from backend.schemas.rendering import to_json
+from backend.web.middleware import new_request_id
 
 logger = logging.getLogger("backend.server")
 
@@ -138,7 +138,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.head_bytes = None
         if self.cycle is None or self.cycle.response_complete:
             rid = new_request_id()
-            body = orjson.dumps(error_body(error))
+            body = to_json(error_body(error))
             head = [STATUS_LINE[error.status_code]]
             for name, value in self.server_state.default_headers:
                 head += [name, b": ", value, b"\r\n"]

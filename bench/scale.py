@@ -62,7 +62,8 @@ from sqlalchemy.engine import make_url
 from backend import db
 from backend.config import Settings
 from backend.main import create_app
-from backend.services.tasks import fold, tag_keys
+from backend.services.tables import fold, tag_keys
+from backend.web.state import app_state
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 REQUESTS = int(os.environ.get("REQUESTS", "40"))
@@ -425,8 +426,7 @@ async def app_client(url: str) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
             yield client
     finally:
-        await app.state.verifier.aclose()
-        await app.state.db.dispose()
+        await app_state(app).aclose()
 
 
 async def prepare(scenario: Scenario) -> None:

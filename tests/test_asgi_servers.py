@@ -4,20 +4,20 @@ every line is JSON (uvicorn's own included) and a request has one access line, t
 configuration that is refused is one line on stderr and a non-zero exit, never a traceback."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import jwt
 import orjson
 import pytest
 
-from tests.conftest import SECRET, free_port
+from tests.fixtures.processes import free_port, launched, port_open
+from tests.helpers import SECRET, sign
+
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
 
 ROOT = Path(__file__).resolve().parent.parent
 START_SECONDS = 60  # a busy machine; the servers start in a second or two when it is not
@@ -41,37 +41,16 @@ def serving(command: list[str], folder: Path, **settings: str) -> Iterator[tuple
     """The command serving on a free loopback port until the block ends; (base URL, its log)."""
     port = free_port()
     log = folder / "server.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--port", str(port)],
-            env=_environment(folder, **settings),
-            cwd=folder,  # no .env here
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{command} did not start:\n{log.read_text()}") from None
-                time.sleep(0.05)
+    with launched(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        log=log,
+        ready=lambda: port_open(port),
+        what=" ".join(command),
+        seconds=START_SECONDS,
+        env=_environment(folder, **settings),
+        cwd=folder,  # no .env here
+    ):
         yield f"http://127.0.0.1:{port}", log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _token(sub: str) -> str:
-    now = int(time.time())
-    return jwt.encode({"sub": sub, "iat": now, "exp": now + 600}, SECRET, algorithm="HS256")
 
 
 @pytest.mark.parametrize("command", [UVICORN, TASKAPI], ids=["uvicorn", "taskapi-serve"])
@@ -79,7 +58,7 @@ def test_every_line_is_json_and_a_request_has_one_access_line(
     command: list[str], tmp_path: Path
 ) -> None:
     with serving(command, tmp_path, LOG_FORMAT="json") as (base, log):
-        headers = {"Authorization": f"Bearer {_token('alice')}", "X-Request-ID": "one-request"}
+        headers = {"Authorization": f"Bearer {sign('alice')}", "X-Request-ID": "one-request"}
         created = httpx.post(f"{base}/api/alice/tasks", json={"title": "t"}, headers=headers)
         assert created.status_code == 201, created.text
     lines = [line for line in log.read_text().splitlines() if line.strip()]

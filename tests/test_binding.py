@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.routing import Match
 
 from backend.main import create_app
-from backend.routes import tasks as task_routes
-from backend.routes.tasks import TaskRoute
-from tests.conftest import make_settings
+from backend.web.dependencies import CONNECTION as CONNECTION_KEY
+from backend.web.routing import TaskRoute
+from tests.fixtures.databases import make_settings
 
 USER = "alice"
 CONNECTION = object()  # what TaskRoute would have opened
@@ -30,9 +30,7 @@ CONNECTION = object()  # what TaskRoute would have opened
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
     url = f"sqlite:///{tmp_path_factory.mktemp('binding') / Path('unused.db')}"
-    application = create_app(make_settings(url))
-    application.state.changes = object()  # the hub, as the lifespan would set it
-    return application
+    return create_app(make_settings(url))
 
 
 def _request(
@@ -57,7 +55,9 @@ def _request(
         if match is Match.FULL:
             assert isinstance(route, TaskRoute)
             scope.update(child)
-            scope[task_routes._CONNECTION] = CONNECTION
+            # What TaskRoute's pipeline would have set: the connection, the verified user.
+            scope[CONNECTION_KEY] = CONNECTION
+            scope["state"] = {"user_id": USER}
             return route, Request(scope)
     raise AssertionError(f"no route takes {method} {path}")
 

@@ -3,7 +3,7 @@ the requests it serves, and what the database keeps for each user (tombstones, i
 Through the real app, on both databases; the sizes are asserted, never the memory of the process."""
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 from urllib.parse import urlencode
@@ -18,11 +18,13 @@ from backend.config import Settings
 from backend.models.sync import TOMBSTONE_CHANGES
 from backend.models.task import UTCDateTime
 from backend.schemas.task import SortKey
-from backend.services import tasks
+from backend.services import listing, statements
 from backend.services.idempotency import KEYS_PER_USER, key_table
-from tests.conftest import make_settings, running_app
-
-Auth = Callable[..., dict[str, str]]
+from backend.services.tables import STATEMENTS_KEPT
+from backend.web.state import app_state
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
+from tests.helpers import Auth
 
 
 @pytest.fixture
@@ -57,15 +59,16 @@ def _distinct_list_queries() -> Iterator[list[tuple[str, str]]]:
 
 def _sizes() -> dict[str, int]:
     builders: dict[str, Any] = {
-        "list": tasks._list_statement,
-        "empty page": tasks._empty_page_statement,
-        "total": tasks._total,
-        "update": tasks._update_statement,
-        "create": tasks._create_statement,
+        "list": listing._list_statement,
+        "empty page": listing._empty_page_statement,
+        "total": listing._total,
+        "update": statements.update_statement,
+        "create": statements.create_statement,
     }
     return {name: builder.cache_info().currsize for name, builder in builders.items()}
 
 
+@pytest.mark.slow  # thousands of requests
 async def test_statement_caches_stay_bounded_under_thousands_of_distinct_valid_requests(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
@@ -98,10 +101,10 @@ async def test_statement_caches_stay_bounded_under_thousands_of_distinct_valid_r
             shapes += 1
     assert shapes > 2_000
     sizes = _sizes()
-    assert sizes["list"] == tasks.STATEMENTS_KEPT
-    assert all(size <= tasks.STATEMENTS_KEPT for size in sizes.values()), sizes
+    assert sizes["list"] == STATEMENTS_KEPT
+    assert all(size <= STATEMENTS_KEPT for size in sizes.values()), sizes
     # A prepared statement keeps at most one plan per kind of database.
-    assert len(tasks._GET._plans) <= 2
+    assert len(statements.GET._plans) <= 2
 
 
 # --- what the database keeps per user -----------------------------------------------------------
@@ -168,6 +171,7 @@ async def _kept(database: db.Database, user: str) -> tuple[int, int, int, int]:
     return (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
 
+@pytest.mark.slow  # a hundred thousand tasks
 async def test_clearing_a_large_account_succeeds_within_the_statement_timeout(
     settings: Settings, auth: Auth
 ) -> None:
@@ -177,8 +181,8 @@ async def test_clearing_a_large_account_succeeds_within_the_statement_timeout(
     assert settings.db_statement_timeout == 5.0  # the default: the bound this must hold within
     user = f"large-{uuid4().hex[:8]}"
     async with running_app(settings) as (app, http):
-        await _seed_many(app.state.db, user, LARGE)
-        async with app.state.db.connect() as conn:
+        await _seed_many(app_state(app).db, user, LARGE)
+        async with app_state(app).db.connect() as conn:
             query = text("SELECT id FROM task WHERE user_id = :user AND completed ORDER BY id")
             completed = list((await conn.execute(query, {"user": user})).scalars())
         url = f"/api/{user}/tasks"
@@ -190,7 +194,7 @@ async def test_clearing_a_large_account_succeeds_within_the_statement_timeout(
         latest = LARGE + LARGE // 2
         # The deletions of the user's last TOMBSTONE_CHANGES changes are remembered; a token
         # from before them has expired.
-        assert await _kept(app.state.db, user) == (
+        assert await _kept(app_state(app).db, user) == (
             latest,
             LARGE // 2,
             latest - TOMBSTONE_CHANGES,
@@ -211,7 +215,7 @@ async def test_clearing_a_large_account_succeeds_within_the_statement_timeout(
         listed = await http.get(url, headers=auth(user))
         assert (listed.json(), listed.headers["X-Total-Count"]) == ([], "0")
         latest += LARGE // 2
-        assert await _kept(app.state.db, user) == (
+        assert await _kept(app_state(app).db, user) == (
             latest,
             0,
             latest - TOMBSTONE_CHANGES,
@@ -242,12 +246,12 @@ async def test_a_user_s_stored_idempotent_responses_are_bounded(
     ]
 
     async def keys(owner: str) -> list[str]:
-        async with app.state.db.connect() as conn:
+        async with app_state(app).db.connect() as conn:
             query = select(key_table.c.key).where(key_table.c.user_id == owner)
             return list((await conn.execute(query)).scalars())
 
     async with running_app(settings) as (app, http):
-        async with app.state.db.connect() as conn, db.transaction(conn):
+        async with app_state(app).db.connect() as conn, db.transaction(conn):
             await conn.execute(insert(key_table), stored)
         created = await http.post(
             f"/api/{user}/tasks",

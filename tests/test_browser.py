@@ -47,10 +47,10 @@ from playwright.sync_api import (
 from playwright.sync_api import Error as PlaywrightError
 
 from examples.browser.serve import page_server
-from tests.conftest import free_port
-from tests.test_interop_better_auth import BetterAuth, running_better_auth
-from tests.test_live_races import taskapi_serve
-from tests.test_typescript_client import ROOT, run, tools
+from tests.fixtures.better_auth import BetterAuth, running_better_auth
+from tests.fixtures.processes import free_port
+from tests.fixtures.servers import taskapi_serve
+from tests.fixtures.typescript import ROOT, run, tools
 
 pytestmark = pytest.mark.live
 

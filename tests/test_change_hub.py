@@ -4,33 +4,21 @@ connection coming back after it is killed, and polling behind a pooler with no s
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import text
 
 from backend import db
 from backend.config import Settings
 from backend.services.events import ChangeHub
-from tests.conftest import PostgresCluster, make_settings, running_app
+from backend.web.state import app_state
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
+from tests.fixtures.postgres import PostgresCluster
+from tests.helpers import Auth, create, until
 
-Auth = Callable[..., dict[str, str]]
 DEADLINE = 20.0  # seconds: loose, for a busy machine; the waits end as soon as it happens
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
-async def create(http: httpx.AsyncClient, auth: Auth, user: str) -> Any:
-    response = await http.post(f"/api/{user}/tasks", json={"title": "t"}, headers=auth(user))
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def new_hub(settings: Settings, **options: Any) -> ChangeHub:
@@ -40,14 +28,14 @@ def new_hub(settings: Settings, **options: Any) -> ChangeHub:
 
 async def test_sqlite_wakes_the_writer_s_user_only(sqlite_database_url: str, auth: Auth) -> None:
     async with running_app(make_settings(sqlite_database_url)) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         assert hub.live
         with hub.subscribe("alice") as alice, hub.subscribe("bob") as bob:
-            await create(http, auth, "bob")
+            await create(http, auth, user="bob")
             assert bob.is_set()
             assert not alice.is_set()
             bob.clear()
-            task = await create(http, auth, "alice")
+            task = await create(http, auth, user="alice")
             assert alice.is_set()
             alice.clear()
             # Every kind of write wakes, and a request that changes nothing need not.

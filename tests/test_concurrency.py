@@ -6,19 +6,20 @@ URL): concurrent requests are what spread one client's statements over its serve
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from collections.abc import AsyncIterator
 from typing import Any
-from uuid import uuid4
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, database_kinds
+from tests.fixtures.databases import database_kinds
+from tests.fixtures.servers import LiveServer
+from tests.helpers import Auth, create, list_all, new_user, parse_time
+
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
 
 TIMEOUT = httpx.Timeout(30.0)
 TWO_MIB = 2 * 1024 * 1024
-Auth = Callable[..., dict[str, str]]
 
 
 @pytest.fixture(scope="module", params=database_kinds("pgbouncer"))
@@ -26,32 +27,8 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{request.param}_database_url"))
 
 
-def new_user() -> str:
-    return f"user-{uuid4().hex}"
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
-
-
 def live_client(server: LiveServer) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=server.base_url, timeout=TIMEOUT)
-
-
-async def create(
-    http: httpx.AsyncClient, auth: Auth, user: str, body: dict[str, Any]
-) -> dict[str, Any]:
-    response = await http.post(f"/api/{user}/tasks", json=body, headers=auth(user))
-    assert response.status_code == 201, response.text
-    task: dict[str, Any] = response.json()
-    return task
-
-
-async def list_tasks(http: httpx.AsyncClient, auth: Auth, user: str) -> list[dict[str, Any]]:
-    response = await http.get(f"/api/{user}/tasks", headers=auth(user))
-    assert response.status_code == 200, response.text
-    tasks: list[dict[str, Any]] = response.json()
-    return tasks
 
 
 def assert_too_large(response: httpx.Response) -> None:
@@ -77,7 +54,7 @@ async def test_50_concurrent_creates_for_one_user(live_server: LiveServer, auth:
         assert sorted(task["title"] for task in created) == sorted(f"t{i}" for i in range(50))
         for response, task in zip(responses, created, strict=True):
             assert response.headers["location"] == f"/api/{user}/tasks/{task['id']}"
-        listed = await list_tasks(http, auth, user)
+        listed = await list_all(http, auth, user)
     assert len(listed) == 50
     assert sorted(task["id"] for task in listed) == sorted(task["id"] for task in created)
     assert {task["user_id"] for task in listed} == {user}
@@ -100,7 +77,7 @@ async def test_concurrent_patches_of_different_fields_all_survive(
         ]
 
     async with live_client(live_server) as http:
-        tasks = [await create(http, auth, user, {"title": "start"}) for _ in range(10)]
+        tasks = [await create(http, auth, {"title": "start"}, user=user) for _ in range(10)]
         urls = [f"/api/{user}/tasks/{task['id']}" for task in tasks]
         responses = await asyncio.gather(
             *(
@@ -126,7 +103,7 @@ async def test_concurrent_patches_of_the_same_field_never_fail(
     user = new_user()
     titles = [f"title {i}" for i in range(40)]
     async with live_client(live_server) as http:
-        task = await create(http, auth, user, {"title": "start", "description": "kept"})
+        task = await create(http, auth, {"title": "start", "description": "kept"}, user=user)
         url = f"/api/{user}/tasks/{task['id']}"
         responses = await asyncio.gather(
             *(http.patch(url, json={"title": title}, headers=auth(user)) for title in titles)
@@ -144,7 +121,7 @@ async def test_concurrent_toggles_leave_the_parity(live_server: LiveServer, auth
     user = new_user()
     toggles = 31
     async with live_client(live_server) as http:
-        task = await create(http, auth, user, {"title": "toggle me"})
+        task = await create(http, auth, {"title": "toggle me"}, user=user)
         url = f"/api/{user}/tasks/{task['id']}/complete"
         responses = await asyncio.gather(
             *(http.patch(url, headers=auth(user)) for _ in range(toggles))
@@ -172,7 +149,7 @@ async def test_interleaved_creates_of_two_users_stay_isolated(
         )
         assert [r.status_code for r in responses] == [201] * 50, [r.text for r in responses]
         for user in (alice, bob):
-            listed = await list_tasks(http, auth, user)
+            listed = await list_all(http, auth, user)
             assert sorted(task["title"] for task in listed) == sorted(
                 f"{user} {i}" for i in range(25)
             )
@@ -193,10 +170,10 @@ async def test_body_over_the_limit_with_content_length_is_413(
         assert response.request.headers["content-length"] == str(len(body))
         assert_too_large(response)
         # The same client (its pooled connection, if the server kept it) still works.
-        task = await create(http, auth, user, {"title": "after"})
+        task = await create(http, auth, {"title": "after"}, user=user)
     async with live_client(live_server) as http:  # and so does a new connection
-        await create(http, auth, user, {"title": "after, new connection"})
-        listed = await list_tasks(http, auth, user)
+        await create(http, auth, {"title": "after, new connection"}, user=user)
+        listed = await list_all(http, auth, user)
     assert [t["title"] for t in listed] == ["after, new connection", "after"]
     assert listed[1]["id"] == task["id"]
     assert live_server.process.poll() is None
@@ -221,9 +198,9 @@ async def test_chunked_body_over_the_limit_is_413(live_server: LiveServer, auth:
         assert response.request.headers["transfer-encoding"] == "chunked"
         assert "content-length" not in response.request.headers
         assert_too_large(response)
-        await create(http, auth, user, {"title": "after"})
+        await create(http, auth, {"title": "after"}, user=user)
     async with live_client(live_server) as http:
-        await create(http, auth, user, {"title": "after, new connection"})
-        listed = await list_tasks(http, auth, user)
+        await create(http, auth, {"title": "after, new connection"}, user=user)
+        listed = await list_all(http, auth, user)
     assert [t["title"] for t in listed] == ["after, new connection", "after"]
     assert live_server.process.poll() is None

@@ -18,8 +18,12 @@ from sqlalchemy.engine import URL
 from backend import db
 from backend.cli import main as cli
 from backend.config import Settings, with_development_secret
+from backend.db.urls import pg_connect_args
 from backend.middleware.jwt_auth import TokenVerifier
-from tests.conftest import SECRET, app_client, free_port, make_settings
+from tests.fixtures.app import app_client
+from tests.fixtures.databases import make_settings
+from tests.fixtures.processes import free_port
+from tests.helpers import SECRET
 
 NEON = (
     "postgresql://u:p@ep-x-pooler.us-east-2.aws.neon.tech/neondb"
@@ -346,7 +350,7 @@ async def test_neon_url_builds_an_engine(clean_env: None) -> None:
 
 
 def test_neon_query_becomes_asyncpg_arguments(clean_env: None) -> None:
-    url, args = db._pg_connect_args(db.normalize_url(NEON), make_settings(NEON))
+    url, args = pg_connect_args(db.normalize_url(NEON), make_settings(NEON))
     assert dict(url.query) == {}
     assert args == {"timeout": 5.0, "ssl": "require"}
     assert "channel_binding" not in _rendered(url)
@@ -355,7 +359,7 @@ def test_neon_query_becomes_asyncpg_arguments(clean_env: None) -> None:
 
 def test_more_libpq_parameters(clean_env: None) -> None:
     raw = "postgresql://u:p@h/d?sslmode=disable&connect_timeout=3&application_name=tasks"
-    url, args = db._pg_connect_args(db.normalize_url(raw), make_settings(raw))
+    url, args = pg_connect_args(db.normalize_url(raw), make_settings(raw))
     assert dict(url.query) == {}
     assert args == {
         "timeout": 3.0,
@@ -468,6 +472,7 @@ def test_cli_refuses_a_cors_origin_without_scheme(
     assert "'localhost:3000' is not an origin" in message
 
 
+@pytest.mark.live
 def test_serve_warns_once_about_the_development_secret(clean_env: None, tmp_path: Path) -> None:
     # `taskapi serve` reads settings, migrates, then uvicorn builds the app: one start, one
     # warning (it used to be printed by each of the two).

@@ -27,7 +27,10 @@ from pathlib import Path
 import jwt
 import pytest
 
-from tests.conftest import SECRET, LiveServer
+from tests.fixtures.servers import LiveServer
+from tests.helpers import SECRET
+
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
 
 EXAMPLES = 15
 SEED = 20261130

@@ -7,7 +7,9 @@ import pytest
 from sqlalchemy import text
 
 from backend import db
-from tests.conftest import make_settings, running_app
+from backend.web.state import app_state
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
 
 
 async def test_waiting_requests_get_connections_in_arrival_order(database_url: str) -> None:
@@ -53,7 +55,7 @@ async def test_a_full_pool_answers_503_then_recovers(
 ) -> None:
     settings = make_settings(database_url, db_pool_size=1, db_pool_timeout=0.2)
     async with running_app(settings) as (app, http):
-        async with app.state.db.connect():
+        async with app_state(app).db.connect():
             response = await http.get("/api/alice/tasks", headers=auth("alice"))
         assert response.status_code == 503
         assert response.json() == {

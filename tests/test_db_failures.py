@@ -12,102 +12,31 @@ import asyncio
 import logging
 import signal
 import socket
-import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from collections.abc import Callable
 
 import asyncpg
-import httpx
 import pytest
 from sqlalchemy import text
 
 from backend import db
-from backend.config import Settings
-from tests.conftest import PostgresCluster, make_settings, running_app
-
-Auth = Callable[..., dict[str, str]]
-UNAVAILABLE = {
-    "detail": "The service is temporarily unavailable; try again shortly",
-    "code": "SERVICE_UNAVAILABLE",
-}
-# Each wait the app may make is configured to 1 s; a request that fails must be answered well
-# within this (statement 1 s + asyncpg's grace 1 s, or connect 1 s), with room for a busy machine.
-BOUND = 8.0
-FAST = {
-    "db_statement_timeout": 1.0,
-    "db_connect_timeout": 1.0,
-    "db_pool_timeout": 1.0,
-}
-
-
-def fast_settings(url: str, **overrides: Any) -> Settings:
-    return make_settings(url, **{**FAST, **overrides})
-
-
-def assert_unavailable(response: httpx.Response) -> None:
-    assert response.status_code == 503, response.text
-    assert response.json() == UNAVAILABLE
-    assert response.headers["retry-after"] == "1"
-
-
-async def timed(request: Any) -> tuple[httpx.Response, float]:
-    started = time.monotonic()
-    async with asyncio.timeout(BOUND * 4):  # a hang fails the test instead of stalling it
-        response = await request
-    return response, time.monotonic() - started
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
+from tests.fixtures.failures import (
+    BOUND,
+    assert_unavailable,
+    fast_settings,
+    postgres_row_lock,
+    sqlite_write_lock,
+    timed,
+    until_nobody_waits_for_a_lock,
+)
+from tests.fixtures.postgres import PostgresCluster
+from tests.helpers import Auth
 
 
 def database_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     """What was logged at WARNING or above (the app logs an unavailable database once)."""
     return [r for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-@contextmanager
-def sqlite_write_lock(url: str) -> Iterator[None]:
-    """Another process's writer: holds SQLite's write lock until the block ends."""
-    path = url.removeprefix("sqlite:///")
-    other = sqlite3.connect(path, isolation_level=None, timeout=0)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        yield
-        other.execute("ROLLBACK")
-    finally:
-        other.close()
-
-
-@asynccontextmanager
-async def postgres_row_lock(url: str, task_id: int) -> AsyncIterator[None]:
-    """Another client's open transaction holding the task's row (SELECT … FOR UPDATE)."""
-    other = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
-    try:
-        transaction = other.transaction()
-        await transaction.start()
-        await other.execute("SELECT id FROM task WHERE id = $1 FOR UPDATE", task_id)
-        yield
-        await transaction.rollback()
-    finally:
-        await other.close()
-
-
-async def until_nobody_waits_for_a_lock(url: str) -> None:
-    """Until no statement of the database waits for a lock: at once when the server ended the
-    wait itself (lock_timeout), or once the cancel the driver sent when its own timeout fired
-    (behind a pooler) has reached the server."""
-    watcher = await asyncpg.connect(url.replace("postgresql", "postgres"))
-    try:
-        for _ in range(600):
-            waiting = await watcher.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            )
-            if waiting == 0:
-                return
-            await asyncio.sleep(0.05)
-        pytest.fail("a statement still waits for the lock 30 s after its timeout")
-    finally:
-        await watcher.close()
 
 
 async def test_a_locked_task_is_503_within_the_statement_timeout_then_works(

@@ -15,8 +15,9 @@ from sqlalchemy import text, update
 from backend import db
 from backend.db import DatabaseUnavailable
 from backend.schemas.task import TaskCreate, TaskQuery
-from backend.services import tasks
-from tests.conftest import make_settings
+from backend.services import listing, tables, tasks
+from backend.services import statements as task_statements
+from tests.fixtures.databases import make_settings
 
 DUE = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
 
@@ -47,9 +48,9 @@ async def _seed(conn: Any) -> list[int]:
 
 def _shape_and_params(**query: Any) -> tuple[Any, dict[str, Any]]:
     parsed = TaskQuery.model_validate(query)
-    shape = tasks._shape(parsed)
-    params = {**tasks._filter_values("alice", parsed), "limit": parsed.limit + 1}
-    return tasks._list_statement(shape), params
+    shape = listing._shape(parsed)
+    params = {**listing._filter_values("alice", parsed), "limit": parsed.limit + 1}
+    return listing._list_statement(shape), params
 
 
 async def test_fetch_gives_what_sqlalchemy_gives(database_url: str) -> None:
@@ -58,8 +59,8 @@ async def test_fetch_gives_what_sqlalchemy_gives(database_url: str) -> None:
         async with database.connect() as conn:
             ids = await _seed(conn)
             statements: list[tuple[Any, dict[str, Any]]] = [
-                (tasks._GET, tasks._key("alice", ids[1])),
-                (tasks._GET, tasks._key("bob", ids[1])),  # another user's: no row
+                (task_statements.GET, tables.key("alice", ids[1])),
+                (task_statements.GET, tables.key("bob", ids[1])),  # another user's: no row
                 _shape_and_params(),
                 _shape_and_params(tag=["work"], sort="-due_at", limit=2),
                 _shape_and_params(q="ful", status="completed"),
@@ -84,7 +85,7 @@ async def test_fetch_gives_what_sqlalchemy_gives(database_url: str) -> None:
                 for got, want in zip(fetched, expected, strict=True):
                     assert [type(value) for value in got] == [type(value) for value in want]
             full = dict(
-                zip(tasks._PUBLIC_NAMES, (await db.fetch(conn, *statements[0]))[0], strict=True)
+                zip(tables.PUBLIC_NAMES, (await db.fetch(conn, *statements[0]))[0], strict=True)
             )
             assert full["priority"] == "high"
             assert full["tags"] == ["Work", "home"]
@@ -101,9 +102,9 @@ async def test_a_write_through_fetch_is_applied_once(database_url: str) -> None:
     try:
         async with database.connect() as conn:
             ids = await _seed(conn)
-            params = {**tasks._key("alice", ids[0]), "now": datetime.now(UTC)}
-            (row,) = await db.fetch(conn, tasks._TOGGLE, params)
-            toggled = dict(zip(tasks._PUBLIC_NAMES, row, strict=True))
+            params = {**tables.key("alice", ids[0]), "now": datetime.now(UTC)}
+            (row,) = await db.fetch(conn, task_statements.TOGGLE, params)
+            toggled = dict(zip(tables.PUBLIC_NAMES, row, strict=True))
             assert toggled["completed"] is True
             assert toggled["version"] == 2
             assert await tasks.get_task(conn, user_id="alice", task_id=ids[0]) == toggled
@@ -115,16 +116,16 @@ async def test_a_constraint_violation_is_sqlalchemys_integrity_error(database_ur
     # The table's CHECK (a recurring task has a due date), which the services turn into a 422.
     database = db.Database(make_settings(database_url))
     statement = db.prepare(
-        update(tasks.task_table)
-        .where(tasks._owned)
+        update(tables.task_table)
+        .where(tables.owned)
         .values(due_at=None)
-        .returning(*tasks.PUBLIC_COLUMNS)
+        .returning(*tables.PUBLIC_COLUMNS)
     )
     try:
         async with database.connect() as conn:
             ids = await _seed(conn)
             with pytest.raises(sa_exc.IntegrityError):
-                await db.fetch(conn, statement, tasks._key("alice", ids[1]))
+                await db.fetch(conn, statement, tables.key("alice", ids[1]))
     finally:
         await database.dispose()
 
@@ -145,9 +146,9 @@ async def test_a_connection_the_server_ended_is_unavailable_then_replaced(
             finally:
                 await admin.dispose()
             with pytest.raises(DatabaseUnavailable):
-                await db.fetch(conn, tasks._GET, tasks._key("alice", 2**62))
+                await db.fetch(conn, task_statements.GET, tables.key("alice", 2**62))
             assert conn.invalidated
         async with database.connect() as conn:  # the pool's one connection, replaced
-            assert await db.fetch(conn, tasks._GET, tasks._key("alice", 2**62)) == []
+            assert await db.fetch(conn, task_statements.GET, tables.key("alice", 2**62)) == []
     finally:
         await database.dispose()

@@ -5,9 +5,7 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,8 @@ import pytest
 
 from backend import db
 from backend.config import Settings
-from tests.conftest import SECRET, free_port
+from tests.fixtures.processes import free_port, launched
+from tests.helpers import SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "deploy.md"
@@ -41,6 +40,7 @@ def test_the_production_settings_are_accepted() -> None:
     assert re.fullmatch(settings.cors_origin_regex, "https://my-app-git-x-y.vercel.app")
 
 
+@pytest.mark.live
 def test_the_start_command_serves_a_ready_service_that_stops_cleanly(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -61,36 +61,26 @@ def test_the_start_command_serves_a_ready_service_that_stops_cleanly(
         "PYTHONPATH": str(ROOT),  # this checkout's code, whichever one the venv came from
     }
     environment.pop("DB_POOLER", None)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["sh", "-c", command],
-            env=environment,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + START_SECONDS
-        ready = None
+
+    def ready() -> bool:
         # Ready, through both workers (WEB_CONCURRENCY=2) once each has started.
-        while (
-            ready is None
-            or ready.status_code != 200
-            or log.read_text().count("Application startup complete") < 2
-        ):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the start command did not serve:\n{log.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5)
-            time.sleep(0.2)
+        if log.read_text().count("Application startup complete") < 2:
+            return False
+        with contextlib.suppress(httpx.TransportError):
+            return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200
+        return False
+
+    with launched(
+        ["sh", "-c", command],
+        log=log,
+        ready=ready,
+        what="the start command",
+        seconds=START_SECONDS,
+        new_session=True,
+        env=environment,
+        cwd=tmp_path,
+    ) as process:
         assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
-    finally:
         os.killpg(process.pid, signal.SIGTERM)
-        try:
-            code = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            raise
+        code = process.wait(timeout=60)
     assert code == 0, log.read_text()

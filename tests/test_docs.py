@@ -1,7 +1,8 @@
 """The repository documents itself: docs/api.md lists every error code the service can answer
-with, docs/operations.md and .env.example every setting, so none can fall behind the code
-unnoticed; the README stays a five-minute read, and no document points outside the repository
-or to a file that is not there."""
+with, docs/operations.md and .env.example every setting, and the documents state the code's
+retention periods and body limit, so none can fall behind the code unnoticed; the README stays a
+five-minute read, and no document points outside the repository or to a file that is not
+there."""
 
 import json
 import re
@@ -12,6 +13,8 @@ import pytest
 
 from backend.config import Settings
 from backend.errors import AppError
+from backend.models.sync import KEY_HOURS, TOMBSTONE_DAYS
+from backend.web.middleware import MAX_BODY_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +58,21 @@ def test_documents_point_only_to_files_in_the_repository(document: str) -> None:
             headings = re.findall(r"^#+ (.+)$", path.read_text(), re.MULTILINE)
             slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
             assert anchor[1:] in slugs, (document, target, anchor)
+
+
+def test_the_documents_state_the_periods_and_the_body_limit_of_the_code() -> None:
+    # The code's own prose interpolates them (errors' details, the OpenAPI document); the
+    # documents are checked instead: every "N hours" is how long an idempotency key is kept,
+    # every "N days" how long a deletion is remembered, every body "over N MiB" the limit.
+    limit = MAX_BODY_BYTES // 2**20
+    for document in DOCUMENTS:
+        text = (ROOT / document).read_text()
+        assert set(re.findall(r"(\d+) hours", text)) <= {str(KEY_HOURS)}, document
+        assert set(re.findall(r"(\d+) days", text)) <= {str(TOMBSTONE_DAYS)}, document
+        assert set(re.findall(r"(?:over|limited to) (\d+) MiB", text)) <= {str(limit)}, document
+    reference = (ROOT / "docs" / "api.md").read_text()
+    for said in (f"{KEY_HOURS} hours", f"{TOMBSTONE_DAYS} days", f"over {limit} MiB"):
+        assert said in reference, said
 
 
 def test_every_operation_is_in_the_api_reference() -> None:
@@ -111,6 +129,7 @@ def test_a_bare_make_lists_the_targets_and_runs_nothing() -> None:
     assert [line.split()[1] for line in listed.stdout.splitlines()] == [
         "run",
         "test",
+        "test-fast",
         "lint",
         "format",
         "openapi",

@@ -7,7 +7,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,38 +17,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.errors import error_codes
 from backend.main import create_app
-from backend.middleware.cors import LOG_EVERY_SECONDS, ORIGINS_REMEMBERED, Cors
-from backend.services import tasks as task_service
-from tests.conftest import app_client, free_port, make_settings, running_app
+from backend.services import listing
+from backend.web.cors import LOG_EVERY_SECONDS, ORIGINS_REMEMBERED, Cors
+from backend.web.state import app_state
+from tests.fixtures.app import app_client, running_app
+from tests.fixtures.databases import make_settings
+from tests.fixtures.processes import free_port
+from tests.helpers import LEAKS, Auth, assert_error, create
 
-Auth = Callable[..., dict[str, str]]
 LIST = "/api/alice/tasks"
 MiB = 1024 * 1024
-LEAKS = ("Traceback", 'File "', ".py", "SELECT", "sqlalchemy", "asyncpg", "sqlite3")
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, field: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    for leak in LEAKS:
-        assert leak not in response.text
-    body: dict[str, Any] = response.json()
-    expected_keys = {"detail", "code"} if field is None else {"detail", "code", "field", "errors"}
-    assert set(body) == expected_keys
-    assert body["code"] == code
-    assert isinstance(body["detail"], str)
-    assert body["detail"] != ""
-    if field is not None:
-        assert body["field"] == field
-    return body
 
 
 async def _create(client: httpx.AsyncClient, auth: Auth, title: str = "original") -> str:
-    response = await client.post(LIST, json={"title": title}, headers=auth("alice"))
-    assert response.status_code == 201, response.text
-    return f"{LIST}/{response.json()['id']}"
+    return f"{LIST}/{(await create(client, auth, {'title': title}))['id']}"
 
 
 # --- 404 and 405 -------------------------------------------------------------------------------
@@ -303,7 +285,7 @@ async def test_unexpected_error_is_500_without_details(
             response = await http.get("/nope")  # still serving
             assert_error(response, 404, "NOT_FOUND")
     finally:
-        await app.state.db.dispose()
+        await app_state(app).aclose()
 
 
 async def test_unexpected_error_in_a_task_route_is_500_without_details(
@@ -315,7 +297,7 @@ async def test_unexpected_error_in_a_task_route_is_500_without_details(
     async def boom(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError(SECRET_MESSAGE)
 
-    monkeypatch.setattr(task_service, "list_tasks", boom)
+    monkeypatch.setattr(listing, "list_tasks", boom)
     caplog.set_level(logging.ERROR, logger="backend.errors")
     _assert_hidden(await client.get(LIST, headers=auth("alice")))
     _assert_logged(caplog)
@@ -459,7 +441,7 @@ async def test_http_exception_of_the_framework_keeps_status_headers_and_gets_its
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             response = await http.get("/refuse")
     finally:
-        await app.state.db.dispose()
+        await app_state(app).aclose()
     body = assert_error(response, status, code)
     assert body["detail"] == expected_detail
     for name, value in (headers or {}).items():
@@ -500,7 +482,7 @@ async def test_every_error_carries_the_cors_headers_500_included(
                 assert response.headers["access-control-allow-origin"] == ORIGIN, path
                 assert response.headers["access-control-allow-credentials"] == "true", path
     finally:
-        await app.state.db.dispose()
+        await app_state(app).aclose()
     # Logged once, by us, not again by the server.
     assert [r.name for r in caplog.records if r.exc_info] == ["backend.errors"]
 
@@ -579,7 +561,7 @@ async def test_refused_origins_are_logged_once_a_minute_and_remembered_within_a_
         await http.get("/health")
         cors = _cors(app)
         now = [1000.0]
-        cors._clock = lambda: now[0]
+        cors.clock = lambda: now[0]
         with caplog.at_level(logging.WARNING, logger="backend.cors"):
             # A request (no preflight) from a foreign origin is logged too; the browser hides
             # its answer. The API's own origin (its /docs page) is not foreign.

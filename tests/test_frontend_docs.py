@@ -24,9 +24,11 @@ from typing import Any
 import pytest
 
 from backend.config import Settings
-from tests.test_interop_better_auth import running_better_auth
-from tests.test_live_races import taskapi_serve
-from tests.test_typescript_client import CLIENT, ROOT, run, tools, tsc
+from tests.fixtures.better_auth import running_better_auth
+from tests.fixtures.servers import taskapi_serve
+from tests.fixtures.typescript import CLIENT, ROOT, run, tools, tsc
+
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
 
 GUIDE = ROOT / "docs" / "frontend.md"
 DRIVERS = Path(__file__).parent / "frontend_docs"  # and the app's package.json

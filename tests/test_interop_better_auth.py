@@ -9,21 +9,16 @@ One Better Auth server per algorithm serves the module (the main flow, on both d
 the cheap checks, on a SQLite file of the module's own); the tests that need a server of their
 own (expired tokens, rotation, another instance, a server that stops) start it themselves.
 The service's JWKS fetches are counted by the Better Auth server itself, and where the refetch
-throttle matters the service's JWKS cache runs on a ManualClock (tests/test_jwks.py): the test
+throttle matters the service's JWKS cache runs on a ManualClock (tests/helpers.py): the test
 says when the refetch interval is over instead of waiting for it and polling.
 Without node or the installed node_modules (`make interop`) the module is skipped, or fails
 when CI is set.
 """
 
 import asyncio
-import os
-import secrets
-import selectors
-import shutil
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
@@ -40,150 +35,18 @@ from pydantic import SecretStr
 from backend import db
 from backend.middleware.jwks import MIN_REFETCH_SECONDS
 from backend.middleware.jwt_auth import HS256_NOT_CONFIGURED, TokenVerifier
-from tests.conftest import free_port, make_settings, running_app
-from tests.test_jwks import ManualClock, promptly, until
+from backend.web.state import app_state
+from tests.fixtures.app import running_app
+from tests.fixtures.better_auth import BetterAuth, running_better_auth
+from tests.fixtures.databases import make_settings
+from tests.fixtures.processes import free_port
+from tests.helpers import ManualClock, assert_error, bearer, ok, promptly, until
 
-SERVER_DIR = Path(__file__).resolve().parent.parent / "interop" / "better-auth"
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
+
 ALGORITHMS = ("EdDSA", "ES256", "ES512", "RS256", "PS256")
-READY_TIMEOUT_SECONDS = 20.0
 LOOSE_FETCH_SECONDS = 30.0  # a JWKS fetch in these tests, on a machine that may be busy
 PASSWORD = "correct-horse-battery-staple"
-# Variables of server.mjs that an outer environment must not leak into the servers started here.
-SERVER_ENV_VARS = (
-    "PORT",
-    "BETTER_AUTH_SECRET",
-    "BETTER_AUTH_URL",
-    "JWT_ALG",
-    "JWT_EXPIRES",
-    "ROTATION_INTERVAL",
-    "GRACE_PERIOD",
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# The Better Auth server
-# ---------------------------------------------------------------------------------------------
-
-
-def _node() -> str:
-    """node's path; skips (or fails, under CI) when node or the server's modules are missing."""
-    node = shutil.which("node")
-    problem = None
-    if node is None:
-        problem = "node is not installed (the Better Auth interop server needs Node 20+)"
-    elif not (SERVER_DIR / "node_modules" / "better-auth").is_dir():
-        problem = f"{SERVER_DIR / 'node_modules'} is missing: run `make interop` first"
-    if problem is not None or node is None:
-        if os.environ.get("CI"):
-            pytest.fail(problem or "node is missing")
-        pytest.skip(problem or "node is missing")
-    return node
-
-
-@dataclass
-class BetterAuth:
-    """A running `node server.mjs`."""
-
-    origin: str
-    secret: str
-    alg: str
-    process: "subprocess.Popen[bytes]"
-    log: Path
-
-    @property
-    def jwks_url(self) -> str:
-        return f"{self.origin}/api/auth/jwks"
-
-    def stop(self) -> None:
-        """Terminate, wait, kill if it must; safe to call more than once."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)  # it exits within milliseconds, even on a busy box
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        if self.process.stdout is not None and not self.process.stdout.closed:
-            self.process.stdout.close()
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-
-def _wait_ready(server: BetterAuth, port: int) -> str | None:
-    """None once `READY <port>` is printed, else why it did not come (bounded)."""
-    stdout = server.process.stdout
-    assert stdout is not None
-    fd = stdout.fileno()
-    buffer = b""
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while b"\n" not in buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return f"no READY line within {READY_TIMEOUT_SECONDS:.0f} s"
-            if not selector.select(remaining):
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return f"the server exited (status {server.process.wait(timeout=5)})"
-            buffer += chunk
-    line = buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
-    return None if line == f"READY {port}" else f"unexpected first line {line!r}"
-
-
-@contextmanager
-def running_better_auth(
-    folder: Path, alg: str = "EdDSA", *, secret: str | None = None, **extra_env: str
-) -> Iterator[BetterAuth]:
-    """Start `node server.mjs` on a free port, wait for READY, stop it on the way out."""
-    node = _node()
-    secret = secret or secrets.token_urlsafe(36)  # 48 characters
-    base_env = {k: v for k, v in os.environ.items() if k not in SERVER_ENV_VARS}
-    failure = ""
-    for attempt in range(3):  # a free port can be taken by someone else before node binds it
-        port = free_port()
-        env = {
-            **base_env,
-            "PORT": str(port),
-            "BETTER_AUTH_SECRET": secret,
-            "JWT_ALG": alg,
-            **extra_env,
-        }
-        log = folder / f"better-auth-{alg}-{port}-{attempt}.log"
-        with log.open("wb") as stderr:
-            process = subprocess.Popen(
-                [node, "server.mjs"],
-                cwd=SERVER_DIR,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-            )
-        server = BetterAuth(
-            origin=f"http://127.0.0.1:{port}", secret=secret, alg=alg, process=process, log=log
-        )
-        try:
-            problem = _wait_ready(server, port)
-        except BaseException:
-            server.stop()
-            raise
-        if problem is None:
-            break
-        server.stop()
-        failure = f"Better Auth ({alg}) did not start: {problem}\n{server.log_text()}"
-        if "EADDRINUSE" not in failure:
-            pytest.fail(failure)
-    else:
-        pytest.fail(failure)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module", params=ALGORITHMS)
@@ -335,10 +198,6 @@ class Service:
         )
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @asynccontextmanager
 async def service(
     database_url: str,
@@ -360,26 +219,11 @@ async def service(
     values.update(overrides)
     settings = make_settings(database_url, **values)
     async with running_app(settings) as (app, http):
-        await app.state.verifier.aclose()
-        app.state.verifier = TokenVerifier(settings, clock=clock, jwks_timeout=LOOSE_FETCH_SECONDS)
+        await app_state(app).verifier.aclose()
+        app_state(app).verifier = TokenVerifier(
+            settings, clock=clock, jwks_timeout=LOOSE_FETCH_SECONDS
+        )
         yield Service(app=app, http=http)
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert isinstance(body["detail"], str)
-    assert body["detail"].strip()
-    if status == 401:
-        assert 'error="invalid_token"' in response.headers["www-authenticate"]
-    return body
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +304,7 @@ async def test_hs256_token_signed_with_the_shared_secret(
         async with service(
             sqlite_url, better_auth_url=better_auth.origin, better_auth_secret=None
         ) as svc:
-            assert svc.app.state.settings.hs256_secret is None
+            assert app_state(svc.app).settings.hs256_secret is None
             response = await svc.list_tasks(account.user_id, token)
             assert assert_error(response, 401, "TOKEN_INVALID")["detail"] == HS256_NOT_CONFIGURED
         assert await api.jwks_requests() == fetches_before

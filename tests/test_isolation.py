@@ -4,40 +4,25 @@ Under his own user id, bob gets 404 for alice's tasks (existence is never leaked
 alice's user id he gets 403 on every route, before anything about the request is validated.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+from fastapi import APIRouter
+from starlette.requests import Request
 
-from backend.errors import flat_routes
+from backend.errors import Forbidden
 from backend.main import create_app
-from backend.routes import tasks as task_routes
-from tests.conftest import make_settings
-
-Auth = Callable[..., dict[str, str]]
-Task = dict[str, Any]
+from backend.web import routing
+from backend.web.auth import OutsidePipeline, verified_user
+from backend.web.dependencies import Conn, CurrentUser
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
+from tests.helpers import Auth, Task, assert_error, ok
 
 MISSING_ID = "987654321"
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) - {"field"} == {"detail", "code"}
-    assert body.get("field") is None
-    assert isinstance(body["detail"], str)
-    assert body["detail"].strip() != ""
-    assert body["code"] == code
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    return response.json()
 
 
 async def make_alices_tasks(client: httpx.AsyncClient, auth: Auth) -> list[Task]:
@@ -310,12 +295,57 @@ async def test_user_id_with_url_special_characters(
 
 
 def test_every_route_of_a_user_authenticates_before_anything_else() -> None:
-    # A handler's `user_id: CurrentUser` is the path's user id, verified by TaskRoute (which
-    # compares it with the token's sub before the handler runs); a route of a user's path of
-    # any other kind would trust the path alone.
+    # A handler's `user_id: CurrentUser` is the user TaskRoute verified (the token's sub, equal
+    # to the path's); every route of a user's path is one.
     app = create_app(make_settings("sqlite:///unused.db"))
-    routes = flat_routes(app.router.routes)
-    user_routes = [route for route in routes if "{user_id}" in getattr(route, "path", "")]
+    user_routes = [route for route in app.routes if "{user_id}" in getattr(route, "path", "")]
     assert len(user_routes) >= 10
     for route in user_routes:
-        assert isinstance(route, task_routes.TaskRoute), getattr(route, "path", route)
+        assert isinstance(route, routing.TaskRoute), getattr(route, "path", route)
+    # The routes are the app's own, never an included router's (whose routes a matcher would
+    # have to look into): the access line's template and a 405's Allow see every route.
+    assert not [route for route in app.routes if hasattr(route, "original_router")]
+
+
+async def test_a_route_added_without_the_pipeline_fails_instead_of_trusting_the_path(
+    database_url: str, auth: Auth, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A plain FastAPI route that takes CurrentUser: nothing verified the token, so the
+    # dependency refuses to name a user, and the request is a 500 (logged), never alice's data.
+    served: list[str] = []
+    stray = APIRouter()
+
+    @stray.get("/api/{user_id}/stray")
+    async def stray_handler(user_id: CurrentUser) -> dict[str, str]:
+        served.append(user_id)
+        return {"user": user_id}
+
+    @stray.get("/api/{user_id}/stray-connection")
+    async def stray_connection(conn: Conn) -> dict[str, str]:
+        served.append("connection")
+        return {}
+
+    async with running_app(make_settings(database_url)) as (app, http):
+        app.router.routes[:0] = stray.routes
+        for path in ("stray", "stray-connection"):
+            for headers in ({}, auth("bob"), auth("alice")):
+                response = await http.get(f"/api/alice/{path}", headers=headers)
+                assert_error(response, 500, "INTERNAL_ERROR")
+    assert served == []
+    failures = [r for r in caplog.records if r.exc_info and r.name == "backend.errors"]
+    assert failures
+    assert all(isinstance(r.exc_info[1], OutsidePipeline) for r in failures if r.exc_info)
+
+
+def test_the_verified_user_must_be_the_paths() -> None:
+    def request(verified: str | None, path_user: str) -> Request:
+        state = {} if verified is None else {"user_id": verified}
+        return Request(
+            {"type": "http", "method": "GET", "state": state, "path_params": {"user_id": path_user}}
+        )
+
+    assert verified_user(request("alice", "alice")) == "alice"
+    with pytest.raises(Forbidden):
+        verified_user(request("bob", "alice"))
+    with pytest.raises(OutsidePipeline):
+        verified_user(request(None, "alice"))

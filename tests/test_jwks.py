@@ -4,9 +4,10 @@ throttle, the cache, what happens while the JWKS cannot be fetched, and the deta
 
 Keys are generated here and served by a real HTTP server on the loopback interface (no mocks);
 the server can be told to answer 500, invalid JSON, to hold its answer, to trickle it, or to go
-away altogether. The cache's time is a ManualClock that only the test moves, so the throttle,
-cache and timeout tests assert what the cache decided — how many requests reached the server,
-who waited, which keys were used, 401 or 503 — and never how far apart things happened. Most
+away altogether. The cache's time is a ManualClock (tests/helpers.py) that only the test moves,
+so the throttle, cache and timeout tests assert what the cache decided — how many requests
+reached the server, who waited, which keys were used, 401 or 503 — and never how far apart
+things happened. Most
 tests call TokenVerifier.verify directly (no database, so they run once); the end-to-end ones
 go through the ASGI app and run on each database.
 """
@@ -23,13 +24,13 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import jwt
@@ -43,7 +44,10 @@ from backend.config import Settings
 from backend.errors import AppError, ServiceUnavailable, TokenExpired, TokenInvalid
 from backend.middleware.jwks import FETCH_TIMEOUT_SECONDS, MIN_REFETCH_SECONDS, JwksCache
 from backend.middleware.jwt_auth import HS256_NOT_CONFIGURED, TokenVerifier
-from tests.conftest import SECRET, make_settings, running_app
+from backend.web.state import app_state
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
+from tests.helpers import DEADLINE, SECRET, ManualClock, bearer, promptly, until
 
 PrivateKey = (
     ed25519.Ed25519PrivateKey
@@ -58,8 +62,6 @@ JWKS_PATH = "/api/auth/jwks"  # where Better Auth serves it, under the origin of
 CUSTOM_PATH = "/custom/keys.json"  # for JWT_JWKS_URL
 UNAVAILABLE_DETAIL = "The signing keys cannot be fetched from the auth server right now"
 CACHE_SECONDS = 300.0  # JWKS_CACHE_SECONDS's default, which make_settings keeps
-LOOSE = 10.0  # seconds: a bound only for a test that would otherwise hang on a bug
-T = TypeVar("T")
 ERRORS: dict[str, tuple[type[AppError], int]] = {
     "TOKEN_INVALID": (TokenInvalid, 401),
     "TOKEN_EXPIRED": (TokenExpired, 401),
@@ -273,7 +275,7 @@ class JwksServer:
         self.port = httpd.server_port
         self._httpd = httpd
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
         )
         self._thread.start()
 
@@ -295,7 +297,7 @@ class JwksServer:
     def answer(self, handler: BaseHTTPRequestHandler) -> None:
         with self._lock:
             self.paths.append(handler.path)
-        self._open.wait(LOOSE * 6)  # bounded, in case a test forgets to release
+        self._open.wait(DEADLINE * 2)  # bounded, in case a test forgets to release
         status, payload = self.status, self.body
         if payload is None:
             payload = json.dumps(self.document).encode()
@@ -315,44 +317,6 @@ class JwksServer:
             handler.wfile.flush()
             if self._closed.wait(0.05):
                 return
-
-
-class ManualClock:
-    """The JWKS cache's clock, moved by the test alone: `now()` changes only in `advance()`,
-    and a `sleep()` returns once the clock has been advanced to its end. Whatever the machine's
-    load, the cache sees exactly the time the test says has passed."""
-
-    def __init__(self) -> None:
-        self._now = 1000.0  # seconds; every step the tests take is exact in binary floating point
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        return self._now
-
-    async def sleep(self, seconds: float) -> None:
-        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (self._now + seconds, wake)
-        self._sleepers.append(entry)
-        try:
-            self._wake_the_due()
-            await wake
-        finally:
-            self._sleepers.remove(entry)
-
-    @property
-    def sleeping(self) -> int:
-        """How many sleeps are under way: requests waiting for the next allowed fetch, and the
-        deadline of a fetch in flight (gone the moment that fetch ends)."""
-        return sum(not wake.done() for _, wake in self._sleepers)
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
-        self._wake_the_due()
-
-    def _wake_the_due(self) -> None:
-        for end, wake in self._sleepers:
-            if end <= self._now and not wake.done():
-                wake.set_result(None)
 
 
 @pytest.fixture
@@ -391,21 +355,6 @@ async def make_verifier(
         await verifier.aclose()
 
 
-async def promptly(awaitable: Awaitable[T]) -> T:
-    """`awaitable`'s result; a bug that would make it wait for the clock (which only the test
-    moves) or for a held answer fails the test instead of hanging it."""
-    return await asyncio.wait_for(awaitable, LOOSE)
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait for something that is bound to happen (a request reaching the server, a task
-    reaching the clock): only how long it takes varies, so the bound is loose."""
-    deadline = time.monotonic() + LOOSE
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {LOOSE} s: {what}"
-        await asyncio.sleep(0.005)
-
-
 async def fetch_done(server: JwksServer, clock: ManualClock, requests: int) -> None:
     """Wait until the server has seen `requests` requests and the cache has dealt with the
     answer to the last one: a fetch's deadline sleeps on the clock from before its request is
@@ -426,7 +375,7 @@ async def refusal(verifier: TokenVerifier, token: str) -> AppError:
     return caught.value
 
 
-def assert_error(error: str | BaseException, code: str = "TOKEN_INVALID") -> None:
+def assert_app_error(error: str | BaseException, code: str = "TOKEN_INVALID") -> None:
     assert isinstance(error, AppError), repr(error)
     expected_type, status = ERRORS[code]
     assert (type(error), error.code, error.status_code) == (expected_type, code, status), (
@@ -435,7 +384,7 @@ def assert_error(error: str | BaseException, code: str = "TOKEN_INVALID") -> Non
 
 
 async def assert_refused(verifier: TokenVerifier, token: str, code: str = "TOKEN_INVALID") -> None:
-    assert_error(await refusal(verifier, token), code)
+    assert_app_error(await refusal(verifier, token), code)
 
 
 async def outcomes(tasks: list["asyncio.Task[str]"]) -> list[str | BaseException]:
@@ -618,7 +567,7 @@ async def test_hs256_without_a_secret_is_refused(
         jwt.encode(claims(jwks_server.origin), SECRET, algorithm="HS256"),
     ):
         error = await refusal(verifier, token)
-        assert_error(error)
+        assert_app_error(error)
         assert error.detail == HS256_NOT_CONFIGURED
     assert jwks_server.requests == 0
     assert await verified(verifier, key.sign(claims(jwks_server.origin))) == "alice"
@@ -633,7 +582,7 @@ async def test_asymmetric_token_without_a_jwks_is_refused(
     for kind in ("ed25519", "p256", "p521", "rsa2048"):
         other = new_key(kind)
         error = await refusal(verifier, other.sign(claims(jwks_server.origin)))
-        assert_error(error)
+        assert_app_error(error)
         assert error.detail == (
             f"The token is signed with {other.alg}, which needs Better Auth's JWKS on the "
             "server: set BETTER_AUTH_URL (or JWT_JWKS_URL)"
@@ -1061,7 +1010,7 @@ async def test_a_flood_of_unknown_kids_right_after_a_fetch_shares_one_fetch(
     clock.advance(0.5)
     errors = await outcomes(flood)
     for error in errors:
-        assert_error(error)
+        assert_app_error(error)
     assert jwks_server.requests == 2
 
 
@@ -1083,7 +1032,7 @@ async def test_a_flood_after_the_interval_shares_one_fetch(
     assert clock.sleeping == 1
     jwks_server.release()
     for error in await outcomes(flood):
-        assert_error(error)
+        assert_app_error(error)
     assert jwks_server.requests == 2
 
 
@@ -1105,7 +1054,7 @@ async def test_sequential_unknown_kids_fetch_at_most_once_per_interval(
         assert jwks_server.requests == fetched
         clock.advance(0.5)
         [error] = await outcomes([waiting])
-        assert_error(error)
+        assert_app_error(error)
         assert jwks_server.requests == fetched + 1
 
 
@@ -1128,7 +1077,7 @@ async def test_a_flood_of_unknown_kids_over_time_is_rate_limited(
             assert jwks_server.requests == interval
             clock.advance(step)
         for error in await outcomes(waiting):
-            assert_error(error)
+            assert_app_error(error)
         assert jwks_server.requests == interval + 1
         waiting.clear()
 
@@ -1176,7 +1125,7 @@ async def test_key_rotation(
     await until(lambda: clock.sleeping == 1, "the withdrawn key waits for the next fetch")
     clock.advance(MIN_REFETCH_SECONDS)
     [error] = await outcomes([withdrawn])
-    assert_error(error)
+    assert_app_error(error)
     assert jwks_server.requests == 4
     assert await verified(verifier, new.sign(claims(origin, "n3"))) == "n3"
     assert jwks_server.requests == 4
@@ -1205,7 +1154,7 @@ async def test_a_withdrawn_key_stops_working_after_the_cache_expires(
     await until(lambda: clock.sleeping == 1, "the old key waits for the next allowed fetch")
     clock.advance(MIN_REFETCH_SECONDS)
     [error] = await outcomes([withdrawn])
-    assert_error(error)
+    assert_app_error(error)
     assert jwks_server.requests == 3
 
 
@@ -1353,7 +1302,7 @@ async def test_an_unreachable_jwks_is_503_for_an_unknown_key(
         assert not pending.done()
         clock.advance(0.5)
     [error] = await outcomes([pending])
-    assert_error(error, "SERVICE_UNAVAILABLE")
+    assert_app_error(error, "SERVICE_UNAVAILABLE")
     assert isinstance(error, AppError)
     assert error.detail == UNAVAILABLE_DETAIL
     assert jwks_server.requests == (0 if mode == "stopped" else 1)
@@ -1374,7 +1323,7 @@ async def test_the_default_fetch_timeout_bounds_a_hanging_jwks(
     assert not any(task.done() for task in pending)
     clock.advance(0.5)
     for error in await outcomes(pending):
-        assert_error(error, "SERVICE_UNAVAILABLE")
+        assert_app_error(error, "SERVICE_UNAVAILABLE")
     assert jwks_server.requests == 1
     # Known to be unreachable now: the next unknown key is answered at once, without a fetch.
     await assert_refused(verifier, key.sign(claims(jwks_server.origin)), "SERVICE_UNAVAILABLE")
@@ -1410,7 +1359,7 @@ async def test_a_cached_key_survives_an_outage(
     retry = start(verifier, new.sign(claims(origin)))
     await _past_the_deadline(jwks_server, clock, mode, 3)
     [error] = await outcomes([retry])
-    assert_error(error, "SERVICE_UNAVAILABLE")
+    assert_app_error(error, "SERVICE_UNAVAILABLE")
     assert jwks_server.requests == 1 + 2 * counted
     assert await verified(verifier, old.sign(claims(origin, "still"))) == "still"
     # The auth server comes back with a new key: 503 until the interval allows a fetch...
@@ -1441,7 +1390,7 @@ async def test_while_the_jwks_is_unreachable_unknown_kids_never_wait(
     # Random kids cannot hold a request: each is answered at once, none fetches or sleeps.
     flood = [start(verifier, old.sign(claims(origin), kid=new_kid())) for _ in range(50)]
     for error in await outcomes(flood):
-        assert_error(error, "SERVICE_UNAVAILABLE")
+        assert_app_error(error, "SERVICE_UNAVAILABLE")
     assert clock.sleeping == 0
     assert jwks_server.requests == 2
     # The interval is up: the first request tries again and waits for that one attempt
@@ -1489,7 +1438,7 @@ async def test_after_a_failed_fetch_the_jwks_recovers(
     await until(lambda: clock.sleeping == 1, "the unknown key waits for the next fetch")
     clock.advance(MIN_REFETCH_SECONDS)
     [error] = await outcomes([unknown])
-    assert_error(error)
+    assert_app_error(error)
     assert jwks_server.requests == 2
 
 
@@ -1537,13 +1486,9 @@ async def jwks_app(settings: Settings, clock: ManualClock) -> AsyncIterator[http
     """The real app, its token verifier on the test's clock: create_app makes one on the real
     clock, replaced here before any request."""
     async with running_app(settings) as (app, http):
-        await app.state.verifier.aclose()
-        app.state.verifier = TokenVerifier(settings, clock=clock)
+        await app_state(app).verifier.aclose()
+        app_state(app).verifier = TokenVerifier(settings, clock=clock)
         yield http
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_e2e_eddsa_token_creates_and_lists_tasks(

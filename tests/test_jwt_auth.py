@@ -26,10 +26,11 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from backend.errors import TokenExpired, TokenInvalid
 from backend.middleware.jwt_auth import VERIFIED_TOKEN_SECONDS, VERIFIED_TOKENS_KEPT, TokenVerifier
-from tests.conftest import SECRET, app_client, make_settings
+from tests.fixtures.app import app_client
+from tests.fixtures.databases import make_settings
+from tests.helpers import SECRET, Auth, assert_error, bearer
 
 Token = Callable[..., str]
-Auth = Callable[..., dict[str, str]]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 LIST = "/api/alice/tasks"
 
@@ -97,18 +98,6 @@ def _challenge(value: str) -> tuple[str, dict[str, str]]:
     return scheme, dict(re.findall(r'(\w+)="([^"]*)"', rest))
 
 
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    assert "Traceback" not in response.text
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"detail", "code"}
-    assert body["code"] == code
-    assert isinstance(body["detail"], str)
-    assert body["detail"] != ""
-    return body
-
-
 def assert_auth_required(response: httpx.Response) -> dict[str, Any]:
     body = assert_error(response, 401, "AUTH_REQUIRED")
     assert response.headers["www-authenticate"] == "Bearer"
@@ -121,10 +110,6 @@ def assert_refused(response: httpx.Response, code: str = "TOKEN_INVALID") -> dic
     assert scheme == "Bearer"
     assert params["error"] == "invalid_token"
     return body
-
-
-def bearer(value: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {value}"}
 
 
 # --- accepted tokens ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from typing import Any
 from uuid import uuid4
@@ -29,38 +29,14 @@ from backend.middleware.rate_limit import (
     RateLimiter,
     address_key,
 )
-from tests.conftest import RedisServer, app_client, free_port, make_settings, running_app
+from backend.web.state import app_state
+from tests.fixtures.app import app_client, running_app
+from tests.fixtures.databases import make_settings
+from tests.fixtures.processes import free_port
+from tests.fixtures.redis import RedisServer
+from tests.helpers import Auth, check_rate_headers, new_user
 
-Auth = Callable[..., dict[str, str]]
 LIMIT = 30
-
-
-def new_user() -> str:
-    return f"user-{uuid4().hex}"
-
-
-def check_rate_headers(responses: list[httpx.Response], limit: int) -> None:
-    """`limit` of them succeeded, each with its own RateLimit-Remaining, and the rest are 429s
-    with the contract's body and headers."""
-    ok = [r for r in responses if r.status_code == 200]
-    refused = [r for r in responses if r.status_code == 429]
-    assert (len(ok), len(refused)) == (limit, len(responses) - limit), [
-        r.status_code for r in responses
-    ]
-    assert sorted(int(r.headers["RateLimit-Remaining"]) for r in ok) == list(range(limit))
-    for response in ok + refused:
-        assert response.headers["RateLimit-Limit"] == str(limit)
-        assert 1 <= int(response.headers["RateLimit-Reset"]) <= 60
-    for response in refused:
-        assert response.json() == {
-            "detail": f"More than {limit} requests a minute (RATE_LIMIT): retry in "
-            f"{response.headers['Retry-After']} s",
-            "code": "RATE_LIMITED",
-        }
-        assert response.headers["Retry-After"].isdigit()
-        assert 1 <= int(response.headers["Retry-After"]) <= 60
-        assert response.headers["RateLimit-Remaining"] == "0"
-        assert response.headers["RateLimit-Reset"] == response.headers["Retry-After"]
 
 
 # --- the rate limit -------------------------------------------------------------------------------
@@ -408,7 +384,9 @@ async def test_429_is_in_openapi_of_every_api_route(database_url: str) -> None:
 # --- the task quota -------------------------------------------------------------------------------
 
 
-async def create(http: httpx.AsyncClient, user: str, auth: Auth, **headers: str) -> httpx.Response:
+async def post_task(
+    http: httpx.AsyncClient, user: str, auth: Auth, **headers: str
+) -> httpx.Response:
     return await http.post(
         f"/api/{user}/tasks", json={"title": "t"}, headers={**auth(user), **headers}
     )
@@ -419,7 +397,7 @@ async def test_quota_holds_under_concurrent_creates(database_url: str, auth: Aut
     user, other = new_user(), new_user()
     async with app_client(settings) as http:
         # The first creates of a user who has never had a task: no counter row to lock yet.
-        responses = await asyncio.gather(*(create(http, user, auth) for _ in range(20)))
+        responses = await asyncio.gather(*(post_task(http, user, auth) for _ in range(20)))
         assert sorted(r.status_code for r in responses) == [201] * 5 + [409] * 15
         refused = next(r for r in responses if r.status_code == 409)
         assert refused.json() == {
@@ -430,26 +408,26 @@ async def test_quota_holds_under_concurrent_creates(database_url: str, auth: Aut
         listed = await http.get(f"/api/{user}/tasks", headers=auth(user))
         assert listed.headers["X-Total-Count"] == "5"
         # A second round, on the counter row that exists now, changes nothing.
-        again = await asyncio.gather(*(create(http, user, auth) for _ in range(10)))
+        again = await asyncio.gather(*(post_task(http, user, auth) for _ in range(10)))
         assert [r.status_code for r in again] == [409] * 10
         # Another user has a quota of their own.
-        assert (await create(http, other, auth)).status_code == 201
+        assert (await post_task(http, other, auth)).status_code == 201
 
 
 async def test_deleting_frees_a_place(database_url: str, auth: Auth) -> None:
     settings = make_settings(database_url, max_tasks_per_user=3)
     user = new_user()
     async with app_client(settings) as http:
-        ids = [(await create(http, user, auth)).json()["id"] for _ in range(3)]
-        assert (await create(http, user, auth)).status_code == 409
+        ids = [(await post_task(http, user, auth)).json()["id"] for _ in range(3)]
+        assert (await post_task(http, user, auth)).status_code == 409
         deleted = await http.delete(f"/api/{user}/tasks/{ids[0]}", headers=auth(user))
         assert deleted.status_code in (200, 204)
-        assert (await create(http, user, auth)).status_code == 201
-        assert (await create(http, user, auth)).status_code == 409
+        assert (await post_task(http, user, auth)).status_code == 201
+        assert (await post_task(http, user, auth)).status_code == 409
         # Deleting many at once frees as many places.
         cleared = await http.delete(f"/api/{user}/tasks?status=all", headers=auth(user))
         assert cleared.status_code == 200, cleared.text
-        created = await asyncio.gather(*(create(http, user, auth) for _ in range(5)))
+        created = await asyncio.gather(*(post_task(http, user, auth) for _ in range(5)))
         assert sorted(r.status_code for r in created) == [201] * 3 + [409] * 2
 
 
@@ -457,15 +435,15 @@ async def test_idempotent_replay_at_the_quota_still_replays(database_url: str, a
     settings = make_settings(database_url, max_tasks_per_user=2)
     user = new_user()
     async with app_client(settings) as http:
-        first = await create(http, user, auth, **{"Idempotency-Key": "k1"})
-        assert (await create(http, user, auth)).status_code == 201  # now at the quota
-        replay = await create(http, user, auth, **{"Idempotency-Key": "k1"})
+        first = await post_task(http, user, auth, **{"Idempotency-Key": "k1"})
+        assert (await post_task(http, user, auth)).status_code == 201  # now at the quota
+        replay = await post_task(http, user, auth, **{"Idempotency-Key": "k1"})
         assert replay.status_code == 201
         assert replay.headers["Idempotent-Replayed"] == "true"
         assert replay.content == first.content
         # A new key is a new request, and is refused; so is its retry (nothing was stored).
         for _ in range(2):
-            refused = await create(http, user, auth, **{"Idempotency-Key": "k2"})
+            refused = await post_task(http, user, auth, **{"Idempotency-Key": "k2"})
             assert refused.status_code == 409
 
 
@@ -491,7 +469,7 @@ async def test_at_the_quota_a_recurring_task_completes_without_its_next_occurren
     async with running_app(settings) as (app, http):
         task = (await http.post(url, json=body, headers=auth(user))).json()
         for _ in range(3):
-            assert (await create(http, user, auth)).status_code == 201
+            assert (await post_task(http, user, auth)).status_code == 201
         # Below the quota (4 tasks): the next occurrence is made, and says nothing.
         done = await http.patch(f"{url}/{task['id']}/complete", headers=auth(user))
         assert done.status_code == 200, done.text
@@ -520,7 +498,7 @@ async def test_at_the_quota_a_recurring_task_completes_without_its_next_occurren
         done = await http.patch(f"{url}/{newest['id']}/complete", headers=auth(user))
         assert "X-Next-Occurrence-Skipped" not in done.headers
         assert await count() == 5
-        async with app.state.db.connect() as conn:
+        async with app_state(app).db.connect() as conn:
             kept = await conn.scalar(
                 text("SELECT task_count FROM sync_state WHERE user_id = :u"), {"u": user}
             )

@@ -7,17 +7,19 @@ worker (read from /proc), with an unauthenticated request that the rate limit do
 """
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, database_kinds
-from tests.test_limits import check_rate_headers, new_user
-from tests.test_live_races import TIMEOUT, Served, served_by, taskapi_serve
+from tests.fixtures.databases import database_kinds
+from tests.fixtures.redis import RedisServer
+from tests.fixtures.servers import TIMEOUT, Served, served_by, taskapi_serve
+from tests.helpers import Auth, check_rate_headers, new_user
 
-Auth = Callable[..., dict[str, str]]
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
+
 LIMIT = 30  # a minute: far longer than the test; its window cannot close under it
 QUOTA = 5
 

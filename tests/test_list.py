@@ -24,11 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend import db
 from backend.config import Settings
 from backend.models.task import PRIORITIES, TIME_MAX, TIME_MIN
-from backend.services.tasks import PUBLIC_COLUMNS, fold, tag_keys, task_table
-from tests.test_tasks_api import assert_json, assert_validation, create
+from backend.services.tables import PUBLIC_COLUMNS, fold, tag_keys, task_table
+from tests.helpers import Auth, Task, assert_validation, create, ok
 
-Auth = Callable[..., dict[str, str]]
-Task = dict[str, Any]
 Predicate = Callable[[Task], bool]
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -171,7 +169,7 @@ class Page:
 
 async def get_page(client: httpx.AsyncClient, auth: Auth, url: str, user: str = "alice") -> Page:
     response = await client.get(url, headers=auth(user))
-    tasks: list[Task] = assert_json(response)
+    tasks: list[Task] = ok(response)
     link = response.headers.get("link")
     match = None if link is None else LINK.fullmatch(link)
     assert link is None or match is not None, link
@@ -799,7 +797,7 @@ async def test_the_link_header_is_the_same_query_with_the_next_cursor(
         "sort=title&limit=2&tag=work&foo=bar&due_after=2025-12-31T23%3A00%3A00%2B01%3A00&q=task%20"
     )
     response = await client.get(f"/api/alice/tasks?{query}", headers=auth("alice"))
-    assert_json(response)
+    ok(response)
     assert response.headers["x-total-count"] == "3"
     # The list's own parameters as they were sent, in their order; an unknown one (`foo`) is
     # not repeated: a client could make the header as long as its query (60 KB).
@@ -831,7 +829,7 @@ async def test_the_link_of_a_user_id_that_needs_encoding(
 async def test_the_empty_list(client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine) -> None:
     for params in ({}, {"limit": "1"}, {"sort": "due_at", "status": "completed"}):
         response = await client.get("/api/alice/tasks", params=params, headers=auth("alice"))
-        assert assert_json(response) == []
+        assert ok(response) == []
         assert response.headers["x-total-count"] == "0"
         assert "link" not in response.headers
     # Tasks that do not match make no page either; bob's tasks are not alice's.
@@ -840,7 +838,7 @@ async def test_the_empty_list(client: httpx.AsyncClient, auth: Auth, engine: Asy
     response = await client.get(
         "/api/alice/tasks", params={"status": "pending", "limit": "1"}, headers=auth("alice")
     )
-    assert assert_json(response) == []
+    assert ok(response) == []
     assert response.headers["x-total-count"] == "0"
     assert "link" not in response.headers
     # A page whose tasks were all deleted after the Link was handed out is empty too.
@@ -1119,11 +1117,11 @@ async def test_clear_completed(
 ) -> None:
     alice, bob = to_clear["alice"], to_clear["bob"]
     clear = "/api/alice/tasks?status=completed"
-    assert assert_json(await client.delete(clear, headers=auth("alice"))) == {"deleted": 3}
+    assert ok(await client.delete(clear, headers=auth("alice"))) == {"deleted": 3}
     assert await listed(client, auth, {}) == as_json(ordered(alice[3:], "-created_at"))
     assert await listed(client, auth, {}, "bob") == as_json(ordered(bob, "-created_at"))
     # Again: nothing left to clear.
-    assert assert_json(await client.delete(clear, headers=auth("alice"))) == {"deleted": 0}
+    assert ok(await client.delete(clear, headers=auth("alice"))) == {"deleted": 0}
     assert await listed(client, auth, {}) == as_json(ordered(alice[3:], "-created_at"))
 
 
@@ -1131,10 +1129,10 @@ async def test_clear_all(
     client: httpx.AsyncClient, auth: Auth, to_clear: dict[str, list[Task]]
 ) -> None:
     clear = "/api/alice/tasks?status=all"
-    assert assert_json(await client.delete(clear, headers=auth("alice"))) == {"deleted": 5}
+    assert ok(await client.delete(clear, headers=auth("alice"))) == {"deleted": 5}
     assert await listed(client, auth, {}) == []
     assert await listed(client, auth, {}, "bob") == as_json(ordered(to_clear["bob"], "-created_at"))
-    assert assert_json(await client.delete(clear, headers=auth("alice"))) == {"deleted": 0}
+    assert ok(await client.delete(clear, headers=auth("alice"))) == {"deleted": 0}
 
 
 @pytest.mark.parametrize(
@@ -1186,7 +1184,7 @@ async def test_the_whole_lists_total_is_the_kept_count_and_follows_every_change(
         return (
             int(whole.headers["x-total-count"]),
             int(counted.headers["x-total-count"]),
-            len(assert_json(whole)),
+            len(ok(whole)),
         )
 
     assert await totals() == (0, 0, 0)
@@ -1201,16 +1199,16 @@ async def test_the_whole_lists_total_is_the_kept_count_and_follows_every_change(
     completed = await client.patch(
         f"/api/alice/tasks/{recurring['id']}/complete", headers=auth("alice")
     )
-    assert_json(completed)  # and its next occurrence is created
+    ok(completed)  # and its next occurrence is created
     assert await totals() == (4, 4, 4)
-    assert_json(await client.delete(f"/api/alice/tasks/{first['id']}", headers=auth("alice")))
+    ok(await client.delete(f"/api/alice/tasks/{first['id']}", headers=auth("alice")))
     assert await totals() == (3, 3, 3)
     cleared = await client.delete("/api/alice/tasks?status=completed", headers=auth("alice"))
-    assert assert_json(cleared) == {"deleted": 2}
+    assert ok(cleared) == {"deleted": 2}
     assert await totals() == (1, 1, 1)
     await create(client, auth, {"title": "d"}, user="bob")  # another user's task counts for bob
     assert await totals() == (1, 1, 1)
-    assert_json(await client.delete("/api/alice/tasks?status=all", headers=auth("alice")))
+    ok(await client.delete("/api/alice/tasks?status=all", headers=auth("alice")))
     assert await totals() == (0, 0, 0)
 
 

@@ -7,199 +7,30 @@ together instead of queueing behind connection set-up. Which worker serves a con
 from /proc, so a test that says "both workers" knows it.
 
 The live server shares one database whose tables are not emptied for it: every test works under
-a user id of its own. The helpers at the top are used by `test_sync_live.py` too.
+a user id of its own. Opening connections on known workers is tests/fixtures/servers.py's.
 """
 
 import asyncio
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager, suppress
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from typing import Any
 from uuid import uuid4
 
 import httpx
 import pytest
 
-from tests.conftest import POOLED_URLS, SECRET, LiveServer, database_kinds, free_port
+from tests.fixtures.databases import database_kinds
+from tests.fixtures.servers import (
+    TIMEOUT,
+    LiveServer,
+    Served,
+    connections,
+    served_by,
+    taskapi_serve,
+)
+from tests.helpers import Auth, Task, create, list_all, new_user
 
-TASKAPI = str(Path(sys.executable).with_name("taskapi"))
-TIMEOUT = httpx.Timeout(30.0)
-START_SECONDS = 60.0  # loose: two workers importing the app on a busy 2-core machine
-STOP_SECONDS = 30.0
-Auth = Callable[..., dict[str, str]]
-Task = dict[str, Any]
-
-
-def new_user() -> str:
-    return f"user-{uuid4().hex}"
-
-
-# --- a server of our own: `taskapi serve` ---------------------------------------------------------
-
-
-@dataclass
-class Served:
-    """A `taskapi serve` process group: its address, the pids of the processes that serve
-    requests (the workers; the server itself when it has one), and its log."""
-
-    base_url: str
-    port: int
-    process: subprocess.Popen[bytes]
-    workers: list[int]
-    log: Path
-
-
-# What uvicorn's supervisor logs when it has killed (or lost) a worker, before it starts another.
-WORKER_DIED = re.compile(r"Child process \[\d+\] died")
-
-
-def _started_workers(log: Path) -> list[int]:
-    return [int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", log.read_text())]
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the group we started (the server and its workers), SIGKILL if it lingers."""
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    with suppress(ProcessLookupError):  # a worker the server did not take down with it
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _serving(log: str, workers: int) -> bool:
-    """Every worker has started its application, and the socket is bound: with one worker
-    uvicorn binds it only after the start-up, then says "Uvicorn running on" (with several, its
-    supervisor binds it and says so before they start)."""
-    return log.count("Application startup complete") >= workers and "Uvicorn running on" in log
-
-
-@contextmanager
-def taskapi_serve(
-    database_url: str,
-    folder: Path,
-    *,
-    workers: int = 1,
-    settings: dict[str, str] | None = None,
-    **env: str,
-) -> Iterator[Served]:
-    """`taskapi serve --workers N` on a free loopback port with this database (migrated first,
-    as the command does unless MIGRATE_ON_START=false); `settings` and `env` add settings
-    (names as in the environment). Yields once every worker has started its application."""
-    port = free_port()
-    log = folder / "server.log"
-    command = [TASKAPI, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [*command, "--workers", str(workers)],
-            env={
-                **os.environ,
-                "DATABASE_URL": database_url,
-                "BETTER_AUTH_SECRET": SECRET,
-                "DATA_DIR": str(folder),
-                "DB_POOLER": "transaction" if database_url in POOLED_URLS else "none",
-                "LOG_LEVEL": "INFO",  # the start-up lines below are INFO
-                # Their clients send hundreds of requests a minute as one user (and open their
-                # connections with unauthenticated ones); the limits have tests of their own,
-                # which set them.
-                "RATE_LIMIT": "0",
-                "RATE_LIMIT_ANONYMOUS": "0",
-                # This checkout's code, whichever checkout the venv was installed from.
-                "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-                **(settings or {}),
-                **env,
-            },
-            cwd=folder,  # no .env here
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, ended as one
-        )
-    try:
-        deadline = time.monotonic() + START_SECONDS
-        while not _serving(text := log.read_text(), workers):
-            # A worker killed and replaced while starting (uvicorn's health check) is a failure
-            # as soon as it happens, not a wait for the deadline.
-            if (
-                process.poll() is not None
-                or time.monotonic() > deadline
-                or WORKER_DIED.search(text)
-            ):
-                raise RuntimeError(f"taskapi serve did not start:\n{log.read_text()}")
-            time.sleep(0.05)
-        pids = _started_workers(log)
-        assert len(pids) == workers, log.read_text()
-        yield Served(f"http://127.0.0.1:{port}", port, process, pids, log)
-    finally:
-        _stop_group(process)
-
-
-def served_by(workers: list[int], port: int, response: httpx.Response) -> int:
-    """Which of the server's processes holds the connection `response` came over (still open:
-    read while the client that made it is). The server's side of the connection is the TCP
-    socket from its port to the client's; the process whose descriptors include that socket
-    is the one that accepted it."""
-    stream = response.extensions["network_stream"]
-    client_port = stream.get_extra_info("client_addr")[1]
-    inodes = [
-        fields[9]
-        for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
-        if int(fields[1].rsplit(":", 1)[1], 16) == port
-        and int(fields[2].rsplit(":", 1)[1], 16) == client_port
-    ]
-    assert len(inodes) == 1, f"no single server socket for client port {client_port}: {inodes}"
-    target = f"socket:[{inodes[0]}]"
-    owners = []
-    for pid in workers:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with suppress(OSError):  # closed since it was listed
-                if os.readlink(fd) == target:
-                    owners.append(pid)
-                    break
-    assert len(owners) == 1, f"{target} is held by {owners} of {workers}"
-    return owners[0]
-
-
-async def connections(
-    base_url: str,
-    user: str,
-    auth: Auth,
-    count: int,
-    stack: AsyncExitStack,
-    *,
-    spread: Served | None = None,
-) -> list[httpx.AsyncClient]:
-    """`count` clients, each with one connection already open (a request made on it), closed
-    with `stack`. With `spread`, half of them are on each of its two workers: new connections
-    are opened (at most 20 per client wanted) until each worker has its half."""
-    wanted = {pid: count // len(spread.workers) for pid in spread.workers} if spread else {}
-    clients: list[httpx.AsyncClient] = []
-    for _ in range(count * 20):
-        if len(clients) == count:
-            return clients
-        http = httpx.AsyncClient(
-            base_url=base_url, timeout=TIMEOUT, limits=httpx.Limits(max_connections=1)
-        )
-        stack.push_async_callback(http.aclose)
-        response = await http.get(f"/api/{user}/tasks", params={"limit": 1}, headers=auth(user))
-        assert response.status_code == 200, response.text
-        if spread is not None:
-            worker = served_by(spread.workers, spread.port, response)
-            if wanted[worker] == 0:
-                await http.aclose()
-                continue
-            wanted[worker] -= 1
-        clients.append(http)
-    raise AssertionError(f"could not open {count} connections spread over the workers: {wanted}")
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
 
 
 @pytest.fixture(scope="module")
@@ -212,20 +43,6 @@ def two_workers(
     database_url = str(request.getfixturevalue("postgresql_database_url"))
     with taskapi_serve(database_url, tmp_path_factory.mktemp("workers"), workers=2) as server:
         yield server
-
-
-async def create(http: httpx.AsyncClient, auth: Auth, user: str, body: dict[str, Any]) -> Task:
-    response = await http.post(f"/api/{user}/tasks", json=body, headers=auth(user))
-    assert response.status_code == 201, response.text
-    task: Task = response.json()
-    return task
-
-
-async def list_tasks(http: httpx.AsyncClient, auth: Auth, user: str) -> list[Task]:
-    response = await http.get(f"/api/{user}/tasks", headers=auth(user))
-    assert response.status_code == 200, response.text
-    tasks: list[Task] = response.json()
-    return tasks
 
 
 # --- Idempotency-Key ------------------------------------------------------------------------------
@@ -258,7 +75,7 @@ async def _duplicate_posts(
             if spread is not None:  # the copies really were served by both workers
                 workers = {served_by(spread.workers, spread.port, r) for r in responses}
                 assert workers == set(spread.workers)
-        listed = await list_tasks(clients[0], auth, user)
+        listed = await list_all(clients[0], auth, user)
     assert sorted(listed, key=lambda task: task["id"]) == created
 
 
@@ -282,7 +99,7 @@ async def test_concurrent_duplicate_toggles_toggle_once_across_two_workers(
     user = new_user()
     async with AsyncExitStack() as stack:
         clients = await connections(two_workers.base_url, user, auth, 10, stack, spread=two_workers)
-        task = await create(clients[0], auth, user, {"title": "toggle once"})
+        task = await create(clients[0], auth, {"title": "toggle once"}, user=user)
         headers = {**auth(user), "Idempotency-Key": f"toggle-{uuid4()}"}
         url = f"/api/{user}/tasks/{task['id']}/complete"
         responses = await asyncio.gather(*(http.patch(url, headers=headers) for http in clients))
@@ -311,7 +128,7 @@ async def test_one_key_with_two_bodies_at_once_serves_one_of_them(
                 for n, http in enumerate(clients)
             )
         )
-        listed = await list_tasks(clients[0], auth, user)
+        listed = await list_all(clients[0], auth, user)
     assert len(listed) == 1, listed
     task = listed[0]
     won = bodies.index({"title": task["title"]})
@@ -339,14 +156,14 @@ async def test_concurrent_completions_of_a_recurring_task_across_two_workers(
     }
     async with AsyncExitStack() as stack:
         clients = await connections(two_workers.base_url, user, auth, 10, stack, spread=two_workers)
-        task = await create(clients[0], auth, user, body)
+        task = await create(clients[0], auth, body, user=user)
         url = f"/api/{user}/tasks/{task['id']}/complete"
         responses = await asyncio.gather(
             *(http.patch(url, json={"completed": True}, headers=auth(user)) for http in clients)
         )
         assert [r.status_code for r in responses] == [200] * 10, [r.text for r in responses]
         workers = {served_by(two_workers.workers, two_workers.port, r) for r in responses}
-        listed = await list_tasks(clients[0], auth, user)
+        listed = await list_all(clients[0], auth, user)
     assert workers == set(two_workers.workers)
     assert len({r.content for r in responses}) == 1
     done = responses[0].json()
@@ -367,7 +184,7 @@ async def test_concurrent_toggles_count_every_toggle_once(
     user = new_user()
     async with AsyncExitStack() as stack:
         clients = await connections(live_server.base_url, user, auth, toggles, stack)
-        task = await create(clients[0], auth, user, {"title": "toggle me"})
+        task = await create(clients[0], auth, {"title": "toggle me"}, user=user)
         url = f"/api/{user}/tasks/{task['id']}/complete"
         responses = await asyncio.gather(*(http.patch(url, headers=auth(user)) for http in clients))
         assert [r.status_code for r in responses] == [200] * toggles, [r.text for r in responses]
@@ -401,7 +218,7 @@ async def test_concurrent_patches_of_different_fields_count_each_change_once(
     }
     async with AsyncExitStack() as stack:
         clients = await connections(live_server.base_url, user, auth, len(values), stack)
-        task = await create(clients[0], auth, user, {"title": "start"})
+        task = await create(clients[0], auth, {"title": "start"}, user=user)
         url = f"/api/{user}/tasks/{task['id']}"
 
         async def writer(http: httpx.AsyncClient, field: str) -> list[Task]:
@@ -480,7 +297,7 @@ async def test_if_match_race_has_one_winner_each_round(live_server: LiveServer, 
     user = new_user()
     rounds = 20
     async with httpx.AsyncClient(base_url=live_server.base_url, timeout=TIMEOUT) as http:
-        task = await create(http, auth, user, {"title": "contested"})
+        task = await create(http, auth, {"title": "contested"}, user=user)
     pairs = [("patch", "patch"), ("patch", "toggle"), ("put", "toggle"), ("put", "patch")]
     final = await _if_match_rounds(live_server.base_url, auth, user, task, rounds, pairs)
     assert final["version"] == 1 + rounds
@@ -499,11 +316,11 @@ async def test_if_match_race_on_a_recurring_task_makes_one_occurrence(
         "recurrence": {"frequency": "daily", "interval": 1},
     }
     async with httpx.AsyncClient(base_url=live_server.base_url, timeout=TIMEOUT) as http:
-        task = await create(http, auth, user, body)
+        task = await create(http, auth, body, user=user)
         # The first round is two toggles: whichever wins completes the task.
         pairs = [("toggle", "toggle"), ("patch", "toggle"), ("toggle", "put")]
         final = await _if_match_rounds(live_server.base_url, auth, user, task, rounds, pairs)
-        listed = await list_tasks(http, auth, user)
+        listed = await list_all(http, auth, user)
     assert final["version"] == 1 + rounds
     others = [other for other in listed if other["id"] != task["id"]]
     assert [(other["due_at"], other["completed"], other["version"]) for other in others] == [

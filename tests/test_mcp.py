@@ -20,7 +20,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
 from backend.config import Settings
-from tests.conftest import SECRET, make_settings, running_app
+from backend.web.state import app_state
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
+from tests.helpers import SECRET
 
 AUDIENCE = "http://testserver/mcp"
 TOOLS = ["add_task", "list_tasks", "complete_task", "delete_task", "update_task"]
@@ -92,8 +95,11 @@ def silent_port() -> Iterator[int]:
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[Any]:
-    async with running_app(settings) as (app, rest), app.state.mcp.run():
-        yield app, rest
+    async with running_app(settings) as (app, rest):
+        mcp = app_state(app).mcp
+        assert mcp is not None
+        async with mcp.run():
+            yield app, rest
 
 
 def _http(app: Any, token: str | None) -> httpx2.AsyncClient:
@@ -419,7 +425,7 @@ async def test_tool_calls_are_counted_by_tool_and_outcome(agent: Agent) -> None:
 
 async def test_without_mcp_audience_there_is_no_mcp_server(database_url: str) -> None:
     async with running_app(make_settings(database_url)) as (app, rest):
-        assert app.state.mcp is None
+        assert app_state(app).mcp is None
         response = await rest.post("/mcp", json={})
     assert response.status_code == 404
     assert response.json()["code"] == "NOT_FOUND"

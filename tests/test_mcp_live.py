@@ -21,7 +21,8 @@ from agents.mcp import MCPServerStreamableHttp
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import SECRET, LiveServer
+from tests.fixtures.servers import LiveServer
+from tests.helpers import SECRET
 
 AUDIENCE = "http://127.0.0.1/mcp"
 LIVE_SERVER_ENV = {"MCP_AUDIENCE": AUDIENCE}

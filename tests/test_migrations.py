@@ -29,8 +29,12 @@ from backend import db
 from backend.config import Settings
 from backend.main import create_app
 from backend.models.sync import TOMBSTONE_CHANGES
-from backend.services.tasks import task_table
-from tests.conftest import SECRET, PostgresCluster, app_client, make_settings
+from backend.services.tables import task_table
+from backend.web.state import app_state
+from tests.fixtures.app import app_client
+from tests.fixtures.databases import make_settings
+from tests.fixtures.postgres import PostgresCluster
+from tests.helpers import SECRET
 
 INDEX = "ix_task_user_id_created_at_id"
 # Every table at head: the tasks, and what safe edits and sync keep (migration 0003).
@@ -184,6 +188,7 @@ async def test_concurrent_migrations_leave_one_head(fresh_settings: Settings) ->
     assert await inspect_db(fresh_settings, model_differences) == []
 
 
+@pytest.mark.live
 async def test_cli_migrate(fresh_settings: Settings, tmp_path: Path) -> None:
     env = {
         **os.environ,
@@ -255,7 +260,7 @@ async def test_timestamps_are_utc_aware(
 
     app = create_app(settings)
     try:
-        async with app.state.db.connect() as conn:
+        async with app_state(app).db.connect() as conn:
             row = (
                 await conn.execute(
                     select(task_table.c.created_at, task_table.c.updated_at).where(
@@ -264,7 +269,7 @@ async def test_timestamps_are_utc_aware(
                 )
             ).one()
     finally:
-        await app.state.db.dispose()
+        await app_state(app).aclose()
     for stored in (row.created_at, row.updated_at):
         assert isinstance(stored, datetime)
         assert stored.tzinfo is not None

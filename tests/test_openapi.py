@@ -17,8 +17,8 @@ from pydantic import BaseModel
 
 from backend.errors import error_codes
 from backend.schemas.error import ErrorBody, PreconditionFailedBody
+from backend.schemas.fields import TEXT_PATTERN, line_pattern
 from backend.schemas.task import (
-    TEXT_PATTERN,
     ChangesRead,
     CompleteBody,
     DeletedCount,
@@ -26,9 +26,9 @@ from backend.schemas.task import (
     TaskRead,
     TaskReplace,
     TaskUpdate,
-    line_pattern,
 )
-from tests.conftest import make_settings, running_app
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}

@@ -33,16 +33,13 @@ from backend.logs import (
 )
 from backend.main import create_app
 from backend.services.health import head_revision
-from tests.conftest import (
-    SECRET,
-    PostgresCluster,
-    _create_database,
-    free_port,
-    make_settings,
-    running_app,
-)
+from backend.web.state import app_state
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import create_database, make_settings
+from tests.fixtures.postgres import PostgresCluster
+from tests.fixtures.processes import free_port
+from tests.helpers import SECRET, Auth
 
-Auth = Callable[..., dict[str, str]]
 Token = Callable[..., str]
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 ORIGIN = "https://app.example"
@@ -71,7 +68,7 @@ def empty_database_url(database_url: str, request: pytest.FixtureRequest, tmp_pa
         return f"sqlite:///{tmp_path / 'empty.db'}"
     cluster: PostgresCluster = request.getfixturevalue("postgres")
     name = f"empty_{tmp_path.name.lower().replace('-', '_')[-40:]}"
-    asyncio.run(_create_database(cluster.url("postgres"), name))
+    asyncio.run(create_database(cluster.url("postgres"), name))
     return cluster.url(name)
 
 
@@ -93,14 +90,14 @@ def test_ready_refuses_a_database_that_is_not_migrated(empty_database_url: str) 
                 "the database is not migrated: it has no alembic_version table (expected "
                 f"revision {head_revision()}); run `taskapi migrate`"
             )
-            async with app.state.db.connect() as conn:
+            async with app_state(app).db.connect() as conn:
                 await conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
                 await conn.execute(text("INSERT INTO alembic_version VALUES ('0001_old')"))
             assert assert_unavailable(await http.get("/ready")) == (
                 "the database is not migrated to this version: it is at revision 0001_old, "
                 f"expected {head_revision()}; run `taskapi migrate`"
             )
-            async with app.state.db.connect() as conn:
+            async with app_state(app).db.connect() as conn:
                 await conn.execute(text("DROP TABLE alembic_version"))
         await db.migrate(make_settings(empty_database_url))
         async with running_app(make_settings(empty_database_url)) as (_, http):
@@ -497,7 +494,7 @@ async def test_metrics_count_requests_by_template_with_bounded_labels(
 
 
 async def test_metrics_see_the_connections_in_use(client: httpx.AsyncClient) -> None:
-    app_db: db.Database = client._transport.app.state.db  # type: ignore[attr-defined]
+    app_db: db.Database = app_state(client._transport.app).db  # type: ignore[attr-defined]
     async with app_db.connect():
         pool = samples((await client.get("/metrics")).text, "db_pool_")
     assert pool["db_pool_connections_in_use"] == 1
@@ -553,6 +550,7 @@ def taskapi_without_secret(
     )
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("command", ["serve", "migrate"])
 @pytest.mark.parametrize(
     ("env", "message"),
@@ -585,6 +583,7 @@ def test_the_cli_refuses_an_unsafe_production_start(
     assert not (tmp_path / "dev-secret").exists()
 
 
+@pytest.mark.live
 def test_the_cli_migrates_a_safe_production_configuration(tmp_path: Path) -> None:
     env = {"ENV": "production", "BETTER_AUTH_SECRET": SECRET, "CORS_ORIGINS": ORIGIN}
     result = taskapi_without_secret("migrate", tmp_path, env)

@@ -8,7 +8,6 @@ concurrency suite (tests/test_concurrency.py) runs through the same PgBouncer.
 """
 
 import asyncio
-from collections.abc import Callable
 from uuid import uuid4
 
 import asyncpg
@@ -16,15 +15,11 @@ import pytest
 from sqlalchemy import text
 
 from backend import db
-from tests.conftest import (
-    PgBouncer,
-    PostgresCluster,
-    database_kinds,
-    free_port,
-    make_settings,
-    running_app,
-)
-from tests.test_db_failures import (
+from backend.config import Settings
+from backend.db.urls import target
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import database_kinds, make_settings
+from tests.fixtures.failures import (
     BOUND,
     assert_unavailable,
     fast_settings,
@@ -32,8 +27,11 @@ from tests.test_db_failures import (
     timed,
     until_nobody_waits_for_a_lock,
 )
+from tests.fixtures.pgbouncer import PgBouncer
+from tests.fixtures.postgres import PostgresCluster
+from tests.fixtures.processes import free_port
+from tests.helpers import Auth, new_user
 
-Auth = Callable[..., dict[str, str]]
 NEON_POOLED = "postgresql://u:p@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/neondb"
 NEON_DIRECT = "postgresql://u:p@ep-cool-darkness-123456.us-east-2.aws.neon.tech/neondb"
 
@@ -42,15 +40,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def new_user() -> str:
-    return f"user-{uuid4().hex}"
-
-
 async def test_crud_through_pgbouncer(pgbouncer_database_url: str, auth: Auth) -> None:
     user = new_user()
     headers = auth(user)
     settings = make_settings(pgbouncer_database_url)
-    assert db.behind_pooler(settings)
+    assert target(settings, direct=False) == (db.normalize_url(pgbouncer_database_url), True)
     async with running_app(settings) as (_, http):
         # Concurrent requests spread each pooled client connection's statements over
         # PgBouncer's server connections: what broke asyncpg's named statements.
@@ -143,14 +137,16 @@ async def test_the_server_side_timeouts_are_set_on_a_direct_connection(
     assert shown == ["2500ms", "2500ms"]
 
 
+def pooled(settings: Settings) -> bool:
+    return target(settings, direct=False)[1]
+
+
 def test_the_pooler_mode_is_assumed_for_neon_pooler_hosts() -> None:
-    assert db.behind_pooler(make_settings(NEON_POOLED))
-    assert not db.behind_pooler(make_settings(NEON_DIRECT))
-    assert not db.behind_pooler(make_settings(NEON_POOLED, db_pooler="none"))  # said explicitly
-    assert db.behind_pooler(
-        make_settings("postgresql://u@pgbouncer.internal/d", db_pooler="transaction")
-    )
-    assert not db.behind_pooler(make_settings("sqlite:///x.db", db_pooler="transaction"))
+    assert pooled(make_settings(NEON_POOLED))
+    assert not pooled(make_settings(NEON_DIRECT))
+    assert not pooled(make_settings(NEON_POOLED, db_pooler="none"))  # said explicitly
+    assert pooled(make_settings("postgresql://u@pgbouncer.internal/d", db_pooler="transaction"))
+    assert not pooled(make_settings("sqlite:///x.db", db_pooler="transaction"))
 
 
 async def test_migrations_run_on_the_direct_url(postgres: PostgresCluster, auth: Auth) -> None:

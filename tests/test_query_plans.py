@@ -26,8 +26,11 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend import db
-from backend.services.tasks import fold, tag_keys
-from tests.conftest import PostgresCluster, database_kinds, make_settings, running_app
+from backend.services.tables import fold, tag_keys
+from backend.web.state import app_state
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import database_kinds, make_settings
+from tests.fixtures.postgres import PostgresCluster
 
 pytestmark = pytest.mark.skipif(
     "postgresql" not in database_kinds(),
@@ -121,11 +124,11 @@ async def _statements(url: str, auth: dict[str, str], query: str, page: int) -> 
         for _ in range(page):
             assert path is not None, f"the list has fewer than {page} pages"
             captured.clear()
-            event.listen(app.state.db.engine.sync_engine, "before_cursor_execute", capture)
+            event.listen(app_state(app).db.engine.sync_engine, "before_cursor_execute", capture)
             try:
                 response = await http.get(path, headers=auth)
             finally:
-                event.remove(app.state.db.engine.sync_engine, "before_cursor_execute", capture)
+                event.remove(app_state(app).db.engine.sync_engine, "before_cursor_execute", capture)
             assert response.status_code == 200, response.text
             path = response.links.get("next", {}).get("url")
         assert captured

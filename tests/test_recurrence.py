@@ -2,17 +2,14 @@
 occurrence exactly once, however the completion arrives and even when completions race."""
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
 
-from backend.services.tasks import next_due
-from tests.test_tasks_api import assert_json, create, list_all
-
-Auth = Callable[..., dict[str, str]]
+from backend.services.recurrence import next_due
+from tests.helpers import Auth, create, list_all, ok
 
 
 def _at(text: str) -> datetime:
@@ -154,7 +151,7 @@ async def test_a_reminder_that_would_leave_the_calendar_is_dropped_not_the_compl
     # after the due date that overflowed, a 500, and the task could never be completed.
     first = await create(client, auth, {**MONTHLY, "remind_at": "9999-12-31T00:00:00Z"})
     url = f"/api/alice/tasks/{first['id']}{suffix}"
-    done = assert_json(await client.request(method, url, json=body, headers=auth("alice")))
+    done = ok(await client.request(method, url, json=body, headers=auth("alice")))
     assert done["completed"] is True
     (nxt,) = [t for t in await list_all(client, auth) if t["id"] != first["id"]]
     assert (nxt["due_at"], nxt["remind_at"]) == ("2026-02-28T09:00:00Z", None)
@@ -166,7 +163,7 @@ async def test_completing_creates_the_next_occurrence_once(
 ) -> None:
     first = await create(client, auth, MONTHLY)
     url = f"/api/alice/tasks/{first['id']}{suffix}"
-    done = assert_json(await client.request(method, url, json=body, headers=auth("alice")))
+    done = ok(await client.request(method, url, json=body, headers=auth("alice")))
     assert done["completed"] is True
     assert done["completed_at"] == done["updated_at"]
     assert done["version"] == 2
@@ -186,11 +183,9 @@ async def test_completing_creates_the_next_occurrence_once(
         "version": 1,
     }
     # Repeating the completion, or toggling back and forth, never makes another.
-    assert_json(await client.request(method, url, json=body, headers=auth("alice")))
+    ok(await client.request(method, url, json=body, headers=auth("alice")))
     for _ in range(3):
-        assert_json(
-            await client.patch(f"/api/alice/tasks/{first['id']}/complete", headers=auth("alice"))
-        )
+        ok(await client.patch(f"/api/alice/tasks/{first['id']}/complete", headers=auth("alice")))
     assert len(await list_all(client, auth)) == 2
 
 
@@ -199,9 +194,7 @@ async def test_a_series_stays_anchored_to_its_first_day(
 ) -> None:
     task = await create(client, auth, MONTHLY)
     for _ in range(4):
-        assert_json(
-            await client.patch(f"/api/alice/tasks/{task['id']}/complete", headers=auth("alice"))
-        )
+        ok(await client.patch(f"/api/alice/tasks/{task['id']}/complete", headers=auth("alice")))
         pending = [t for t in await list_all(client, auth) if not t["completed"]]
         assert len(pending) == 1
         task = pending[0]
@@ -214,10 +207,8 @@ async def test_moving_the_due_date_restarts_the_series_from_it(
 ) -> None:
     task = await create(client, auth, MONTHLY)
     url = f"/api/alice/tasks/{task['id']}"
-    assert_json(
-        await client.patch(url, json={"due_at": "2026-02-15T09:00:00Z"}, headers=auth("alice"))
-    )
-    assert_json(await client.patch(f"{url}/complete", headers=auth("alice")))
+    ok(await client.patch(url, json={"due_at": "2026-02-15T09:00:00Z"}, headers=auth("alice")))
+    ok(await client.patch(f"{url}/complete", headers=auth("alice")))
     dues = [t["due_at"] for t in _occurrences(await list_all(client, auth))]
     assert dues == ["2026-02-15T09:00:00Z", "2026-03-15T09:00:00Z"]
 
@@ -226,9 +217,7 @@ async def test_the_sender_s_offset_decides_the_day(client: httpx.AsyncClient, au
     body = {**MONTHLY, "due_at": "2026-01-31T09:00:00+11:00", "remind_at": None}
     task = await create(client, auth, body)
     assert task["due_at"] == "2026-01-30T22:00:00Z"
-    assert_json(
-        await client.patch(f"/api/alice/tasks/{task['id']}/complete", headers=auth("alice"))
-    )
+    ok(await client.patch(f"/api/alice/tasks/{task['id']}/complete", headers=auth("alice")))
     dues = [t["due_at"] for t in _occurrences(await list_all(client, auth))]
     assert dues == ["2026-01-30T22:00:00Z", "2026-02-27T22:00:00Z"]  # Feb 28, 09:00 at +11
 
@@ -238,9 +227,7 @@ async def test_completing_while_removing_the_recurrence_creates_nothing(
 ) -> None:
     task = await create(client, auth, MONTHLY)
     body = {"title": "Pay rent", "completed": True, "recurrence": None}
-    done = assert_json(
-        await client.put(f"/api/alice/tasks/{task['id']}", json=body, headers=auth("alice"))
-    )
+    done = ok(await client.put(f"/api/alice/tasks/{task['id']}", json=body, headers=auth("alice")))
     assert (done["completed"], done["recurrence"]) == (True, None)
     assert len(await list_all(client, auth)) == 1
 
@@ -250,9 +237,7 @@ async def test_making_a_task_recur_while_completing_it_creates_the_next(
 ) -> None:
     task = await create(client, auth, {"title": "Pay rent", "due_at": MONTHLY["due_at"]})
     body = {"completed": True, "recurrence": {"frequency": "weekly", "interval": 1}}
-    assert_json(
-        await client.patch(f"/api/alice/tasks/{task['id']}", json=body, headers=auth("alice"))
-    )
+    ok(await client.patch(f"/api/alice/tasks/{task['id']}", json=body, headers=auth("alice")))
     dues = [t["due_at"] for t in _occurrences(await list_all(client, auth))]
     assert dues == ["2026-01-31T09:00:00Z", "2026-02-07T09:00:00Z"]
 

@@ -4,7 +4,6 @@ with its tokens, paging, tombstones and their expiry. (The races between process
 event stream run against live servers: test_live_races.py, test_sync_live.py.)"""
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,30 +13,13 @@ from sqlalchemy import func, select, text
 
 from backend import db
 from backend.config import Settings
+from backend.models.sync import KEY_HOURS
 from backend.services import idempotency
-from backend.services import tasks as task_service
+from backend.services.changes import forget_deletions
 from backend.services.idempotency import key_table
-from tests.test_tasks_api import assert_error, assert_validation
+from tests.helpers import Auth, Task, assert_error, assert_validation, create, etag, fetch, ok
 
-Auth = Callable[..., dict[str, str]]
-Task = dict[str, Any]
 BASE = "/api/alice/tasks"
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
-
-
-def etag(task: Task) -> str:
-    return f'"{task["version"]}"'
-
-
-async def create(client: httpx.AsyncClient, auth: Auth, **fields: Any) -> Task:
-    response = await client.post(BASE, json={"title": "t", **fields}, headers=auth("alice"))
-    task: Task = ok(response, 201)
-    assert response.headers["etag"] == etag(task)
-    return task
 
 
 def assert_precondition_failed(response: httpx.Response, current: Task) -> None:
@@ -48,11 +30,6 @@ def assert_precondition_failed(response: httpx.Response, current: Task) -> None:
     assert body["detail"]
     assert body["current"] == current
     assert response.headers["etag"] == etag(current)
-
-
-async def get(client: httpx.AsyncClient, auth: Auth, task_id: int) -> Task:
-    task: Task = ok(await client.get(f"{BASE}/{task_id}", headers=auth("alice")))
-    return task
 
 
 # --- versions and ETags ----------------------------------------------------------------------
@@ -152,7 +129,7 @@ async def test_a_stale_if_match_is_412_with_the_current_task_and_changes_nothing
             method, url + suffix, json=body, headers={**auth("alice"), "If-Match": stale}
         )
         assert_precondition_failed(response, current)
-    assert await get(client, auth, task["id"]) == current
+    assert await fetch(client, auth, task["id"]) == current
 
 
 @pytest.mark.parametrize("write", WRITES)
@@ -207,7 +184,7 @@ async def test_if_match_on_a_missing_task_is_404(
             headers={**auth("alice"), "If-Match": '"1"'},
         )
         assert_error(response, 404, "TASK_NOT_FOUND")
-    assert await get(client, auth, task["id"]) == task
+    assert await fetch(client, auth, task["id"]) == task
 
 
 async def test_a_stale_if_match_completes_no_recurring_task_and_creates_no_occurrence(
@@ -216,8 +193,11 @@ async def test_a_stale_if_match_completes_no_recurring_task_and_creates_no_occur
     task = await create(
         client,
         auth,
-        due_at="2026-12-01T09:00:00Z",
-        recurrence={"frequency": "daily", "interval": 1},
+        {
+            "title": "t",
+            "due_at": "2026-12-01T09:00:00Z",
+            "recurrence": {"frequency": "daily", "interval": 1},
+        },
     )
     url = f"{BASE}/{task['id']}"
     current = ok(await client.patch(url, json={"title": "renamed"}, headers=auth("alice")))
@@ -238,7 +218,7 @@ async def test_of_two_writers_with_one_version_exactly_one_wins(
     task = await create(client, auth)
     url = f"{BASE}/{task['id']}"
     for round_ in range(5):
-        version = (await get(client, auth, task["id"]))["version"]
+        version = (await fetch(client, auth, task["id"]))["version"]
         headers = {**auth("alice"), "If-Match": f'"{version}"'}
         first, second = await asyncio.gather(
             client.patch(url, json={"title": f"a{round_}"}, headers=headers),
@@ -263,7 +243,7 @@ async def test_concurrent_toggles_and_patches_lose_nothing(
     ]
     for response in await asyncio.gather(*toggles, *patches):
         ok(response)
-    final = await get(client, auth, task["id"])
+    final = await fetch(client, auth, task["id"])
     assert final["completed"] is True  # 9 toggles
     assert (final["description"], final["priority"], final["tags"]) == ("d", "high", ["x"])
     assert final["version"] == 1 + 9 + 3
@@ -363,7 +343,7 @@ async def test_a_repeated_toggle_does_not_toggle_again(
         again = await client.patch(url, headers=headers)
         assert (again.status_code, again.content) == (200, first.content)
         assert again.headers["idempotent-replayed"] == "true"
-    assert (await get(client, auth, task["id"]))["version"] == 2
+    assert (await fetch(client, auth, task["id"]))["version"] == 2
     # A new key is a new toggle.
     second = await client.patch(url, headers={**auth("alice"), "Idempotency-Key": "toggle-2"})
     assert ok(second)["completed"] is False
@@ -418,7 +398,7 @@ async def test_a_key_is_free_again_after_24_hours_and_purged(
     engine = db.make_engine(settings)
     try:
         async with engine.connect() as conn:
-            later = datetime.now(UTC) + timedelta(hours=idempotency.KEY_HOURS, minutes=1)
+            later = datetime.now(UTC) + timedelta(hours=KEY_HOURS, minutes=1)
             fingerprint = idempotency.request_hash("POST", BASE, {"title": "b"})
 
             async def run() -> tuple[int, bytes]:
@@ -453,8 +433,8 @@ async def test_the_feed_without_a_token_is_every_task_in_change_order(
         "next": "0",
         "has_more": False,
     }
-    a = await create(client, auth, title="a")
-    b = await create(client, auth, title="b")
+    a = await create(client, auth, {"title": "a"})
+    b = await create(client, auth, {"title": "b"})
     a = ok(await client.patch(f"{BASE}/{a['id']}", json={"title": "a2"}, headers=auth("alice")))
     ok(await client.post("/api/bob/tasks", json={"title": "theirs"}, headers=auth("bob")), 201)
     feed = await changes(client, auth)
@@ -468,10 +448,10 @@ async def test_the_feed_without_a_token_is_every_task_in_change_order(
 async def test_the_feed_after_a_list_shows_what_changed_since(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
-    kept = await create(client, auth, title="kept")
-    edited = await create(client, auth, title="edited")
-    gone = await create(client, auth, title="gone")
-    done = await create(client, auth, title="done", completed=True)
+    kept = await create(client, auth, {"title": "kept"})
+    edited = await create(client, auth, {"title": "edited"})
+    gone = await create(client, auth, {"title": "gone"})
+    done = await create(client, auth, {"title": "done", "completed": True})
     response = await client.get(BASE, headers=auth("alice"))
     token = response.headers["x-sync-token"]
     assert await changes(client, auth, since=token) == {
@@ -485,7 +465,7 @@ async def test_the_feed_after_a_list_shows_what_changed_since(
     )
     ok(await client.patch(f"{BASE}/{kept['id']}", json={"title": "kept"}, headers=auth("alice")))
     ok(await client.delete(f"{BASE}/{gone['id']}", headers=auth("alice")))
-    new = await create(client, auth, title="new")
+    new = await create(client, auth, {"title": "new"})
     ok(await client.delete(BASE, params={"status": "completed"}, headers=auth("alice")))
     feed = await changes(client, auth, since=token)
     assert feed["changed"] == [edited, new]  # an edit that changed nothing is no change
@@ -502,7 +482,7 @@ async def test_the_feed_after_a_list_shows_what_changed_since(
 
 
 async def test_the_feed_pages_with_has_more(client: httpx.AsyncClient, auth: Auth) -> None:
-    made = [await create(client, auth, title=f"t{n}") for n in range(7)]
+    made = [await create(client, auth, {"title": f"t{n}"}) for n in range(7)]
     for task in made[:3]:
         ok(await client.delete(f"{BASE}/{task['id']}", headers=auth("alice")))
     seen_changed: list[Task] = []
@@ -529,8 +509,11 @@ async def test_a_recurring_task_s_next_occurrence_is_in_the_feed(
     task = await create(
         client,
         auth,
-        due_at="2026-12-01T09:00:00Z",
-        recurrence={"frequency": "weekly", "interval": 1},
+        {
+            "title": "t",
+            "due_at": "2026-12-01T09:00:00Z",
+            "recurrence": {"frequency": "weekly", "interval": 1},
+        },
     )
     token = (await client.get(BASE, headers=auth("alice"))).headers["x-sync-token"]
     completed = ok(await client.patch(f"{BASE}/{task['id']}/complete", headers=auth("alice")))
@@ -573,9 +556,9 @@ async def test_deletions_are_forgotten_after_30_days_and_older_tokens_expire(
     try:
         async with engine.connect() as conn:
             now = datetime.now(UTC)
-            assert await task_service.forget_deletions(conn, now=now + timedelta(days=29)) == 0
+            assert await forget_deletions(conn, now=now + timedelta(days=29)) == 0
             assert (await changes(client, auth, since=old_token))["deleted"] == [first["id"]]
-            forgotten = await task_service.forget_deletions(conn, now=now + timedelta(days=31))
+            forgotten = await forget_deletions(conn, now=now + timedelta(days=31))
             assert forgotten == 1
             tombstones = await conn.execute(text("SELECT count(*) FROM task_tombstone"))
             assert tombstones.scalar_one() == 0
@@ -618,7 +601,8 @@ async def test_events_refuse_a_bad_or_expired_token_before_streaming(
 async def test_cors_lets_a_browser_send_and_read_the_sync_headers(
     database_url: str, auth: Auth
 ) -> None:
-    from tests.conftest import app_client, make_settings
+    from tests.fixtures.app import app_client
+    from tests.fixtures.databases import make_settings
 
     origin = "https://app.example"
     async with app_client(make_settings(database_url, cors_origins=[origin])) as http:
@@ -687,7 +671,7 @@ async def test_shutdown_cancels_housekeeping_even_in_the_middle_of_a_statement(
     """Cancelled inside a transaction whose statement waits for a lock, housekeeping ends at
     once: the cancellation is not turned into an error it would log and sleep an hour on."""
     from backend.main import create_app
-    from tests.conftest import make_settings
+    from tests.fixtures.databases import make_settings
 
     settings = make_settings(postgresql_database_url)
     blocker = db.make_engine(settings, for_requests=False)

@@ -27,22 +27,26 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import PostgresCluster, database_kinds
-from tests.test_live_races import taskapi_serve
+from tests.fixtures.databases import database_kinds
+from tests.fixtures.postgres import PostgresCluster
+from tests.fixtures.servers import taskapi_serve
+from tests.helpers import Auth
 
 # The shared venv's editable install points at another checkout: serve this one's code.
 # A database that is away is noticed within two seconds.
 SHORT_TIMEOUTS = {"DB_CONNECT_TIMEOUT": "2", "DB_POOL_TIMEOUT": "2", "DB_STATEMENT_TIMEOUT": "2"}
 
-Auth = Callable[..., dict[str, str]]
 DEADLINE = 30.0
 # Requests must be answered within this even while the database is down: the waits are set
 # to 2 s (connect, pool, statement: DB_*_TIMEOUT below), and this leaves room for a busy machine.
 BOUND = 15.0
 
-pytestmark = pytest.mark.skipif(
-    "postgresql" not in database_kinds(), reason="PostgreSQL is not among TEST_DATABASES"
-)
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(
+        "postgresql" not in database_kinds(), reason="PostgreSQL is not among TEST_DATABASES"
+    ),
+]
 
 
 def plain_url(url: str) -> str:

@@ -15,14 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import jwt
 import orjson
 import pytest
 
 from backend.errors import AppError, error_body
 from backend.server import HEAD_TOO_LARGE, HEAD_TOO_SLOW, MAX_HEAD_BYTES, NOT_HTTP
-from tests.conftest import SECRET
-from tests.test_live_races import Served, taskapi_serve
+from tests.fixtures.servers import Served, taskapi_serve
+from tests.helpers import bearer, sign
+
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
 
 # The shared venv's editable install points at another checkout: serve this one's code.
 THIS_CHECKOUT = str(Path(__file__).resolve().parents[1])
@@ -51,15 +52,9 @@ def served_fast_timeout(tmp_path: Path) -> Iterator[Served]:
         yield server
 
 
-def bearer(user: str = "alice") -> str:
-    now = int(time.time())
-    token = jwt.encode({"sub": user, "iat": now, "exp": now + 3600}, SECRET, algorithm="HS256")
-    return f"Bearer {token}"
-
-
 def list_tasks(http: httpx.Client) -> int:
     """A normal request: alice's list, through authentication and the database."""
-    response = http.get("/api/alice/tasks", headers={"Authorization": bearer()})
+    response = http.get("/api/alice/tasks", headers=bearer(sign("alice")))
     return response.status_code
 
 
@@ -135,7 +130,7 @@ def test_a_head_within_the_limit_is_served(served: Served) -> None:
         assert list_tasks(http) == 200
     with socket.create_connection(("127.0.0.1", served.port), timeout=DEADLINE) as sock:
         sock.sendall(
-            f"GET /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer()}\r\n"
+            f"GET /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {sign('alice')}\r\n"
             f"{headers}Connection: close\r\n\r\n".encode()
         )
         response_bytes = read_until_closed(sock, time.monotonic() + DEADLINE)
@@ -285,9 +280,7 @@ def test_the_header_timeout_does_not_cut_long_responses_or_kept_alive_connection
     with httpx.Client(base_url=served_fast_timeout.base_url, timeout=DEADLINE) as http:
         started = time.monotonic()
         heartbeats = 0
-        with http.stream(
-            "GET", "/api/alice/tasks/events", headers={"Authorization": bearer()}
-        ) as stream:
+        with http.stream("GET", "/api/alice/tasks/events", headers=bearer(sign("alice"))) as stream:
             assert stream.status_code == 200
             for line in stream.iter_lines():
                 heartbeats += line.startswith(":")

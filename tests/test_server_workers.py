@@ -18,10 +18,12 @@ import socket
 import time
 from pathlib import Path
 
-import jwt
+import pytest
 
-from tests.conftest import SECRET
-from tests.test_live_races import WORKER_DIED, taskapi_serve
+from tests.fixtures.servers import WORKER_DIED, taskapi_serve
+from tests.helpers import sign
+
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
 
 DEADLINE = 30.0
 # A connection the kernel accepted must be answered (or closed) within this; one left in a
@@ -30,11 +32,6 @@ ANSWER_SECONDS = 5.0
 THIS_CHECKOUT = str(Path(__file__).resolve().parents[1])
 # Longer than uvicorn's default health-check timeout (5 s) by a margin; far shorter than ours.
 SLOW_START_SECONDS = 8
-
-
-def bearer(user: str) -> str:
-    now = int(time.time())
-    return jwt.encode({"sub": user, "iat": now, "exp": now + 3600}, SECRET, algorithm="HS256")
 
 
 def receive_queue(server_port: int, client_port: int) -> int | None:
@@ -91,7 +88,7 @@ def test_sigterm_refuses_new_connections_at_once_while_a_request_in_flight_finis
     ) as served:
         body = b'{"title": "in flight"}'
         head = (
-            f"POST /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {bearer('alice')}"
+            f"POST /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {sign('alice')}"
             f"\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
         with socket.create_connection(("127.0.0.1", served.port), timeout=DEADLINE) as in_flight:
@@ -140,7 +137,7 @@ def test_workers_slower_to_start_than_uvicorns_health_check_start_once(tmp_path:
         with socket.create_connection(("127.0.0.1", served.port), timeout=DEADLINE) as sock:
             sock.sendall(
                 f"GET /api/alice/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-                f"{bearer('alice')}\r\nConnection: close\r\n\r\n".encode()
+                f"{sign('alice')}\r\nConnection: close\r\n\r\n".encode()
             )
             response = read_response(sock, DEADLINE)
         assert response.startswith(b"HTTP/1.1 200 "), response[:300]

@@ -17,7 +17,9 @@ import pytest
 
 from backend import cli
 from backend.db import ACCEPTED_URLS
-from tests.conftest import SECRET, PostgresCluster, free_port
+from tests.fixtures.postgres import PostgresCluster
+from tests.fixtures.processes import free_port
+from tests.helpers import SECRET
 
 PASSWORD = "Pa55-word-never-printed"
 TASKAPI = str(Path(sys.executable).with_name("taskapi"))
@@ -62,6 +64,7 @@ def silent_port() -> Iterator[int]:
         yield silent.getsockname()[1]
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("command", ["migrate", "serve"])
 def test_connection_refused(command: str, tmp_path: Path) -> None:
     port = free_port()
@@ -108,6 +111,7 @@ def test_no_answer_within_the_connect_timeout(
     )
 
 
+@pytest.mark.live
 def test_wrong_password(spare_postgres: Callable[..., PostgresCluster], tmp_path: Path) -> None:
     cluster = spare_postgres(
         {"password_encryption": "scram-sha-256"},
@@ -130,6 +134,7 @@ def test_wrong_password(spare_postgres: Callable[..., PostgresCluster], tmp_path
     )
 
 
+@pytest.mark.live
 def test_tls_required_by_the_url_but_not_offered_by_the_server(
     postgres: PostgresCluster, tmp_path: Path
 ) -> None:
@@ -147,6 +152,7 @@ def refused_url(name: str, problem: str) -> str:
     )
 
 
+@pytest.mark.live
 @pytest.mark.parametrize(
     ("url", "problem"),
     [

@@ -29,13 +29,13 @@ from sqlalchemy import event
 from starlette.types import Message
 
 from backend.errors import TooManyStreams, error_body
-from backend.services import events
+from backend.services import events, streams
 from backend.services.events import ChangeHub
-from tests.conftest import make_settings, running_app
-from tests.test_live_races import new_user
+from backend.web.state import app_state
+from tests.fixtures.app import running_app
+from tests.fixtures.databases import make_settings
+from tests.helpers import DEADLINE, Auth, create, new_user, until
 
-Auth = Callable[..., dict[str, str]]
-DEADLINE = 30.0  # seconds: loose, for a busy machine; every wait ends as soon as it can
 QUICK_HEARTBEAT = 0.05
 
 
@@ -193,7 +193,7 @@ class Statements:
 
     def __init__(self, app: FastAPI) -> None:
         self.seen: list[tuple[str, Any]] = []
-        self._engine = app.state.db.engine.sync_engine
+        self._engine = app_state(app).db.engine.sync_engine
 
     def _record(self, *args: Any) -> None:
         _conn, _cursor, statement, parameters, _context, _many = args
@@ -209,7 +209,7 @@ class Statements:
 
     def feed_reads(self, user: str) -> int:
         """Reads of `user`'s change feed: the query of changed and deleted tasks after a token
-        (services.tasks.changes); listing, starting a stream and writing never run it."""
+        (services.changes.changes); listing, starting a stream and writing never run it."""
         return sum(
             1
             for statement, parameters in self.seen
@@ -242,21 +242,8 @@ async def serving(database_url: str, **overrides: Any) -> AsyncIterator[tuple[Fa
         yield app, http
 
 
-async def create(http: httpx.AsyncClient, auth: Auth, user: str, title: str = "t") -> Any:
-    response = await http.post(f"/api/{user}/tasks", json={"title": title}, headers=auth(user))
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
 def having(events: int) -> Callable[[SseClient], bool]:
     return lambda stream: len(stream.ids) >= events
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def request_stream(http: httpx.AsyncClient, user: str, auth: Auth) -> httpx.Response:
@@ -269,7 +256,7 @@ async def request_stream(http: httpx.AsyncClient, user: str, auth: Auth) -> http
 def refused(response: httpx.Response, setting: str, limit: int) -> None:
     assert response.status_code == 429, response.text
     assert response.headers["content-type"] == "application/json"
-    assert response.headers["retry-after"] == str(events.RECONNECT_SECONDS)
+    assert response.headers["retry-after"] == str(streams.RECONNECT_SECONDS)
     assert "ratelimit-limit" not in response.headers  # no request budget is involved
     body = response.json()
     assert set(body) == {"detail", "code"}
@@ -286,7 +273,7 @@ async def test_a_user_s_streams_beyond_the_cap_are_refused_before_any_read(
 ) -> None:
     alice, bob = new_user(), new_user()
     async with serving(database_url, sse_max_streams_per_user=3) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         async with AsyncExitStack() as stack:
             streams = [await stack.enter_async_context(opened(app, alice, auth)) for _ in range(3)]
             with Statements(app).counting() as statements:
@@ -342,7 +329,7 @@ async def test_a_stream_gives_its_slot_back_however_it_ends(
         db_pool_size=1,
         db_pool_timeout=0.2,
     ) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         hub.clock = clock
 
         # The client goes away.
@@ -360,16 +347,16 @@ async def test_a_stream_gives_its_slot_back_however_it_ends(
         # Its token expires.
         async with opened(app, user, auth, exp=int(clock.now) + 60) as stream:
             clock.now += 3600
-            assert await stream.ended() == events.EXPIRED
+            assert await stream.ended() == streams.EXPIRED
             assert hub.open_streams == 0
 
         # The changes cannot be read: here no connection frees up within DB_POOL_TIMEOUT.
         async with opened(app, user, auth) as stream:
             await until(lambda: hub.idle(user), "the first read")
-            async with app.state.db.connect():
+            async with app_state(app).db.connect():
                 hub.notify(user)  # as a change announced by the database would
                 last = await stream.ended()
-            assert last == events._unreadable("SERVICE_UNAVAILABLE")
+            assert last == streams.unreadable("SERVICE_UNAVAILABLE")
             assert hub.open_streams == 0
 
         # A failed start: the sync token is refused (410) after the slot was taken.
@@ -383,8 +370,8 @@ async def test_a_stream_gives_its_slot_back_however_it_ends(
         async with opened(app, user, auth) as first, opened(app, user, auth) as second:
             assert hub.open_streams == 2
             await hub.aclose()
-            assert await first.ended() == events.SHUTTING_DOWN
-            assert await second.ended() == events.SHUTTING_DOWN
+            assert await first.ended() == streams.SHUTTING_DOWN
+            assert await second.ended() == streams.SHUTTING_DOWN
             assert hub.open_streams == 0
 
 
@@ -396,7 +383,7 @@ async def test_one_change_is_read_once_for_all_the_user_s_streams(
 ) -> None:
     alice, bob = new_user(), new_user()
     async with serving(database_url) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         async with AsyncExitStack() as stack:
             streams = [await stack.enter_async_context(opened(app, alice, auth)) for _ in range(8)]
             bobs = await stack.enter_async_context(opened(app, bob, auth))
@@ -404,7 +391,7 @@ async def test_one_change_is_read_once_for_all_the_user_s_streams(
             await until(lambda: hub.live, "the listener")
             await until(lambda: hub.idle(alice) and hub.idle(bob), "the streams' first reads")
             with Statements(app).counting() as statements:
-                task = await create(http, auth, alice)
+                task = await create(http, auth, user=alice)
                 for stream in streams:
                     await stream.until(lambda s: len(s.events) == 1, "the change")
                 await until(lambda: hub.idle(alice), "the reads to settle")
@@ -418,7 +405,7 @@ async def test_one_change_is_read_once_for_all_the_user_s_streams(
 async def test_heartbeats_read_nothing(database_url: str, auth: Auth) -> None:
     user = new_user()
     async with serving(database_url, sse_heartbeat_seconds=QUICK_HEARTBEAT) as (app, _):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         hub.sqlite_poll_seconds = 3600.0  # (SQLite's read for other processes' changes)
         async with AsyncExitStack() as stack:
             streams = [await stack.enter_async_context(opened(app, user, auth)) for _ in range(4)]
@@ -441,7 +428,7 @@ async def test_behind_a_pooler_without_a_direct_url_each_user_is_read_once_a_pol
     alice, bob = new_user(), new_user()
     interval = 0.5
     async with serving(pgbouncer_database_url) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         assert not hub.live
         hub.poll_seconds = interval
         async with AsyncExitStack() as stack:
@@ -452,7 +439,7 @@ async def test_behind_a_pooler_without_a_direct_url_each_user_is_read_once_a_pol
             loop = asyncio.get_running_loop()
             with Statements(app).counting() as statements:
                 started = loop.time()
-                task = await create(http, auth, alice)
+                task = await create(http, auth, user=alice)
                 for stream in streams[alice]:
                     await stream.until(lambda s: len(s.events) == 1, "the change, by a poll")
                 await until(lambda: statements.feed_reads(bob) >= 4, "four polls")
@@ -478,8 +465,11 @@ async def test_streams_of_one_user_at_different_positions_get_exactly_their_own_
     share the reads; then every later change reaches all of them."""
     user = new_user()
     async with serving(database_url) as (app, http):
-        hub: ChangeHub = app.state.changes
-        made = [await create(http, auth, user, f"task {n}") for n in range(events.PAGE + 30)]
+        hub: ChangeHub = app_state(app).changes
+        made = [
+            await create(http, auth, {"title": f"task {n}"}, user=user)
+            for n in range(events.PAGE + 30)
+        ]
         listed = await http.get(f"/api/{user}/tasks", params={"limit": 1}, headers=auth(user))
         latest = int(listed.headers["X-Sync-Token"])
         assert latest == len(made)
@@ -501,7 +491,7 @@ async def test_streams_of_one_user_at_different_positions_get_exactly_their_own_
             deleted = made[0]["id"]
             response = await http.delete(f"/api/{user}/tasks/{deleted}", headers=auth(user))
             assert response.status_code == 200
-            added = await create(http, auth, user, "after")
+            added = await create(http, auth, {"title": "after"}, user=user)
             for name, stream in streams.items():
                 await stream.until(lambda s: s.ids[-1:] == [latest + 2], f"{name}'s new events")
                 assert stream.ids == list(range(positions[name] + 1, latest + 3)), name
@@ -518,15 +508,15 @@ async def test_a_stream_that_falls_too_far_behind_is_ended_and_resumes_without_a
 ) -> None:
     user = new_user()
     async with serving(database_url) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         hub.backlog_bytes = 2048  # a few events' worth, instead of BACKLOG_BYTES
         async with opened(app, user, auth) as slow, opened(app, user, auth) as fast:
             slow.pause()  # its client stops reading: the app's sends wait
-            made = [await create(http, auth, user, "x" * 150) for _ in range(30)]
+            made = [await create(http, auth, {"title": "x" * 150}, user=user) for _ in range(30)]
             await fast.until(lambda s: len(s.ids) == 30, "every change on the fast stream")
             slow.resume()
-            assert await slow.ended() == events.FELL_BEHIND
-            assert fast.comments.count(events.FELL_BEHIND) == 0
+            assert await slow.ended() == streams.FELL_BEHIND
+            assert fast.comments.count(streams.FELL_BEHIND) == 0
         sent = slow.ids
         assert sent == fast.ids[: len(sent)]  # a prefix, in order
         assert len(sent) < 30
@@ -549,43 +539,47 @@ async def test_a_stream_ends_when_its_token_expires_and_sends_nothing_after(
     async with serving(
         database_url, sse_heartbeat_seconds=QUICK_HEARTBEAT, jwt_leeway_seconds=leeway
     ) as (app, http):
-        hub: ChangeHub = app.state.changes
+        hub: ChangeHub = app_state(app).changes
         hub.clock = clock
         async with opened(app, user, auth, exp=exp) as stream:
-            first = await create(http, auth, user)
+            first = await create(http, auth, user=user)
             await stream.until(lambda s: len(s.events) == 1, "a change")
 
             # Past exp, within the leeway: it goes on (heartbeats, changes).
             clock.now = exp + leeway - 0.5
             beats = stream.comments.count("heartbeat")
             await stream.until(lambda s: s.comments.count("heartbeat") >= beats + 2, "heartbeats")
-            second = await create(http, auth, user)
+            second = await create(http, auth, user=user)
             await stream.until(lambda s: len(s.events) == 2, "a change within the leeway")
 
             # exp plus the leeway: it ends, and a change made now is not sent.
             clock.now = exp + leeway
-            await create(http, auth, user, "after expiry")
-            assert await stream.ended() == events.EXPIRED
+            await create(http, auth, {"title": "after expiry"}, user=user)
+            assert await stream.ended() == streams.EXPIRED
             assert [e.data for e in stream.events] == [first, second]
             assert b"after expiry" not in stream.body
-            assert stream.body.endswith(b": %s\n\n" % events.EXPIRED.encode())
+            assert stream.body.endswith(b": %s\n\n" % streams.EXPIRED.encode())
         assert hub.open_streams == 0
 
 
 def test_the_reference_states_the_bounds_the_code_has() -> None:
     text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
     reference = " ".join(text.split())  # as one line: prose is wrapped anywhere
-    example = TooManyStreams(limit=10, per_user=True, retry_after=events.RECONNECT_SECONDS)
+    example = TooManyStreams(limit=10, per_user=True, retry_after=streams.RECONNECT_SECONDS)
     assert (
         orjson.dumps(error_body(example)).decode().replace('":"', '": "').replace('","', '", "')
         in reference
     )
-    assert f"`Retry-After: {events.RECONNECT_SECONDS}`" in reference
-    assert f"retry: {events.RECONNECT_SECONDS * 1000}" in reference
+    assert f"`Retry-After: {streams.RECONNECT_SECONDS}`" in reference
+    assert f"retry: {streams.RECONNECT_SECONDS * 1000}" in reference
     assert f"at most {events.BACKLOG_BYTES // 1024} KiB of events" in reference
     assert f"within {events.SQLITE_POLL_SECONDS:g} s" in reference
     assert f"every {events.POLL_SECONDS:g} s instead" in reference
-    assert f"`: {events.EXPIRED}`" in reference
-    endings = (events.FELL_BEHIND, events._unreadable("SERVICE_UNAVAILABLE"), events.SHUTTING_DOWN)
+    assert f"`: {streams.EXPIRED}`" in reference
+    endings = (
+        streams.FELL_BEHIND,
+        streams.unreadable("SERVICE_UNAVAILABLE"),
+        streams.SHUTTING_DOWN,
+    )
     for ending in endings:
         assert f"`: {ending.split(';')[0].split(':')[0]}" in reference, ending

@@ -24,18 +24,18 @@ import orjson
 import pytest
 
 from backend.config import Settings
-from tests.conftest import LiveServer, database_kinds, make_settings
-from tests.test_live_races import (
+from tests.fixtures.databases import database_kinds, make_settings
+from tests.fixtures.servers import (
     TIMEOUT,
-    Auth,
+    LiveServer,
     Served,
-    Task,
     connections,
-    list_tasks,
-    new_user,
     served_by,
     taskapi_serve,
 )
+from tests.helpers import Auth, Task, list_all, new_user
+
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
 
 DEADLINE = 30.0  # seconds a stream gets to deliver what a test waits for: loose on purpose
 # A stream is quiet between changes (15 s until a heartbeat by default): no read timeout.
@@ -146,7 +146,7 @@ class Writer:
         return response.json()
 
     async def refresh(self) -> None:
-        listed = await list_tasks(self.http, self.auth, self.user)
+        listed = await list_all(self.http, self.auth, self.user)
         self.tasks = {task["id"]: task for task in listed if task["title"].startswith(self.prefix)}
 
     async def _keep(self, response: httpx.Response, status: int = 200) -> None:

@@ -2,7 +2,6 @@
 the real app on both databases: their rules and errors on create, PUT and PATCH, and that a
 client which does not know them never wipes them."""
 
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -10,10 +9,10 @@ import pytest
 from sqlalchemy import event
 
 from backend.schemas.task import TaskCreate, TaskRead, TaskReplace, TaskUpdate
-from backend.services.tasks import PUBLIC_COLUMNS, task_table
-from tests.test_tasks_api import assert_json, assert_validation, create, fetch, list_all
+from backend.services.tables import PUBLIC_COLUMNS, task_table
+from backend.web.state import app_state
+from tests.helpers import Auth, assert_validation, create, fetch, list_all, ok
 
-Auth = Callable[..., dict[str, str]]
 READ_ONLY = {"id", "user_id", "created_at", "updated_at", "completed_at", "version"}
 DUE = "2026-12-01T09:00:00Z"
 ORGANISED = {
@@ -168,7 +167,7 @@ async def test_a_priority_is_taken_in_any_case_and_returned_lowercase(
         ("PUT", {"title": "t", "priority": sent}),
     ):
         response = await client.request(method, url, json=body, headers=auth("alice"))
-        assert assert_json(response)["priority"] == body["priority"].lower()
+        assert ok(response)["priority"] == body["priority"].lower()
     assert (await fetch(client, auth, created["id"]))["priority"] == stored
 
 
@@ -223,7 +222,7 @@ async def test_clearing_the_due_date_of_a_recurring_task_is_422(
     assert await fetch(client, auth, existing["id"]) == existing
     # Both together: no longer recurring, no due date.
     both = {"due_at": None, "recurrence": None}
-    task = assert_json(await client.patch(url, json=both, headers=auth("alice")))
+    task = ok(await client.patch(url, json=both, headers=auth("alice")))
     assert (task["due_at"], task["recurrence"]) == (None, None)
 
 
@@ -251,7 +250,7 @@ async def test_a_client_of_the_original_fields_never_wipes_the_new_ones(
 ) -> None:
     existing = await create(client, auth, ORGANISED)
     url = f"/api/alice/tasks/{existing['id']}"
-    task = assert_json(await client.request(method, url, json=body, headers=auth("alice")))
+    task = ok(await client.request(method, url, json=body, headers=auth("alice")))
     for field in ORGANISED.keys() - {"title"}:
         assert task[field] == existing[field], field
 
@@ -271,7 +270,7 @@ async def test_each_field_changes_alone(client: httpx.AsyncClient, auth: Auth) -
     ]
     expected = existing
     for change in changes:
-        task = assert_json(await client.patch(url, json=change, headers=auth("alice")))
+        task = ok(await client.patch(url, json=change, headers=auth("alice")))
         version = expected["version"] + 1
         expected = {**expected, **change, "updated_at": task["updated_at"], "version": version}
         assert task == expected, change
@@ -286,11 +285,11 @@ async def test_sending_back_what_was_read_changes_nothing(
     existing = await create(client, auth, ORGANISED)
     url = f"/api/alice/tasks/{existing['id']}"
     for method in ("PUT", "PATCH"):
-        task = assert_json(await client.request(method, url, json=existing, headers=auth("alice")))
+        task = ok(await client.request(method, url, json=existing, headers=auth("alice")))
         assert task == existing
     # The same instant written with another offset is the same value.
     same = {"due_at": "2026-12-01T10:00:00+01:00"}
-    assert assert_json(await client.patch(url, json=same, headers=auth("alice"))) == existing
+    assert ok(await client.patch(url, json=same, headers=auth("alice"))) == existing
 
 
 async def test_completed_at_follows_completed_and_is_read_only(
@@ -307,13 +306,13 @@ async def test_completed_at_follows_completed_and_is_read_only(
         ("PUT", url, {"title": "t", "completed": True}),
     ]
     for method, path, body in ways:
-        task = assert_json(await client.request(method, path, json=body, headers=auth("alice")))
+        task = ok(await client.request(method, path, json=body, headers=auth("alice")))
         if task["completed"]:
             assert task["completed_at"] == task["updated_at"]
         else:
             assert task["completed_at"] is None
     # Completing what is already complete keeps the moment it was completed.
-    again = assert_json(
+    again = ok(
         await client.patch(url, json={"completed": True, "title": "t2"}, headers=auth("alice"))
     )
     assert again["completed_at"] == task["completed_at"]
@@ -327,7 +326,7 @@ async def test_a_request_on_a_task_that_does_not_recur_is_one_statement(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
     statements: list[str] = []
-    engine = client._transport.app.state.db.engine.sync_engine  # type: ignore[attr-defined]
+    engine = app_state(client._transport.app).db.engine.sync_engine  # type: ignore[attr-defined]
 
     def count(*args: Any) -> None:
         statements.append(args[2])

@@ -8,60 +8,18 @@ generated types refuse what the server refuses. Without node, npm or the client'
 """
 
 import json
-import os
 import re
 import shlex
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SECRET, LiveServer
+from tests.fixtures.servers import LiveServer
+from tests.fixtures.typescript import CLIENT, NPM_CACHE, run, tools, tsc
+from tests.helpers import SECRET
 
-ROOT = Path(__file__).resolve().parent.parent
-CLIENT = ROOT / "clients" / "typescript"
-NPM_CACHE = ROOT / ".cache" / "npm"
-TIMEOUT_SECONDS = 180
-
-
-def tools() -> tuple[str, str]:
-    """node's and npm's paths; skips (or fails, under CI) when either or the client's
-    node_modules are missing."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    problem = None
-    if node is None or npm is None:
-        problem = "node and npm are not installed (the TypeScript client needs Node 20+)"
-    elif not (CLIENT / "node_modules" / "typescript").is_dir():
-        problem = f"{CLIENT / 'node_modules'} is missing: run `make client` first"
-    if problem is not None or node is None or npm is None:
-        if os.environ.get("CI"):
-            pytest.fail(problem or "node is missing")
-        pytest.skip(problem or "node is missing")
-    return node, npm
-
-
-def run(*command: str, cwd: Path = CLIENT, env: dict[str, str] | None = None) -> str:
-    """Run a command to completion; its output, or a failure showing it."""
-    result = subprocess.run(
-        command,
-        cwd=cwd,
-        env={**os.environ, "NO_COLOR": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_SECONDS,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(command)} exited {result.returncode}\n{result.stdout}{result.stderr}"
-        )
-    return result.stdout
-
-
-def tsc(*args: str, cwd: Path = CLIENT) -> str:
-    node, _ = tools()
-    return run(node, str(CLIENT / "node_modules" / "typescript" / "bin" / "tsc"), *args, cwd=cwd)
+pytestmark = pytest.mark.live  # it starts processes: servers of its own
 
 
 def files(folder: Path) -> dict[str, str]:

@@ -25,13 +25,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.config import Settings
 from backend.db import Database
-from backend.errors import AppError, RateLimited, error_response
+from backend.errors import AppError, RateLimited
 from backend.mcp import tools
 from backend.mcp.tokens import McpTokens
 from backend.metrics import Metrics
 from backend.middleware.jwt_auth import TokenVerifier
 from backend.middleware.rate_limit import RateLimiter
 from backend.services.events import ChangeHub
+from backend.web.errors import error_response
 
 PATH = "/mcp"
 _LOOPBACK = ["127.0.0.1", "localhost", "[::1]"]

@@ -27,8 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from backend.db import Database, DatabaseUnavailable
 from backend.errors import AppError
 from backend.schemas.task import Recurrence, SortKey, TaskCreate, TaskQuery, TaskUpdate
-from backend.services import tasks
+from backend.services import listing, tasks
 from backend.services.events import ChangeHub
+from backend.services.tables import TaskRecord
 
 logger = logging.getLogger("backend.mcp")
 
@@ -121,7 +122,7 @@ def register(server: MCPServer, services: Services, observe: Observe) -> None:
             # The tool's name and outcome only: never its arguments (task text).
             logger.info("mcp %s: %s in %.1f ms", tool, outcome, seconds * 1000)
 
-    def ack(task: tasks.TaskRecord, status: str, skipped: bool = False) -> CallToolResult:
+    def ack(task: TaskRecord, status: str, skipped: bool = False) -> CallToolResult:
         answer: dict[str, Any] = {"task_id": task["id"], "status": status, "title": task["title"]}
         if skipped:
             answer["next_occurrence"] = "skipped: task quota reached"
@@ -200,7 +201,7 @@ def register(server: MCPServer, services: Services, observe: Observe) -> None:
                 query = TaskQuery.model_validate(sent)
             except ValidationError as error:  # `q` is this tool's `search`
                 raise _naming(error, {"q": "search"}) from None
-            page = await tasks.list_tasks(conn, user_id=user, query=query)
+            page = await listing.list_tasks(conn, user_id=user, query=query)
             shown = [_agent_task(task) for task in page.tasks]
             return _answer({"tasks": shown, "next_cursor": page.cursor})
 
@@ -329,7 +330,7 @@ def _when(value: datetime | None) -> str | None:
     return rendered
 
 
-def _agent_task(task: tasks.TaskRecord) -> dict[str, Any]:
+def _agent_task(task: TaskRecord) -> dict[str, Any]:
     shown: dict[str, Any] = {
         "id": task["id"],
         "title": task["title"],

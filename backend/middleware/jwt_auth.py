@@ -1,21 +1,5 @@
-"""Who is calling: the bearer JWT, verified, and the path's user checked against it.
-
-Flow for every route under /api/{user_id}/…:
-  1. `authenticate(request)` runs before FastAPI reads the body or validates anything, so an
-     unauthenticated request is a 401 whatever else is wrong with it (routes/tasks.py calls it
-     from its route class: FastAPI parses bodies before it solves dependencies).
-     - no `Authorization: Bearer …` header        → 401 AUTH_REQUIRED  (tokens in the query
-       string are ignored)
-     - a token that fails verification            → 401 TOKEN_INVALID / TOKEN_EXPIRED
-     - the token's `sub` ≠ the path's `{user_id}` → 403 FORBIDDEN
-     Every refusal counts against the client address's budget (RATE_LIMIT_ANONYMOUS, 429
-     beyond it: rate_limit.py) and is logged at INFO on "backend.auth" with its route template
-     and reason; the token, the path and user ids never are.
-     An accepted token leaves its user on `request.state.user_id` and its `exp` on
-     `request.state.token_expires` (an event stream ends when its token does).
-  2. `CurrentUser` is the handler's verified user id (the path's, once authenticate() has
-     compared it); BEARER_SCHEME is what the OpenAPI document says of the token (the
-     Authorize button of /docs).
+"""Who is calling: the bearer JWT, verified. The request side (the header, the path's user,
+the refusals) is web/auth.py's; this is the token side, which any entry point can use.
 
 Tokens (see TokenVerifier): HS256 signed with BETTER_AUTH_SECRET, or Better Auth's jwt-plugin
 tokens verified with its JWKS (middleware/jwks.py). The signature first, then the claims:
@@ -24,29 +8,23 @@ configured or known. A refusal says which claim or which setting is wrong.
 """
 
 import json
-import logging
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path as FilePath
-from typing import Annotated, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jwt
-from fastapi import Path, Request
 
 from backend.config import Settings
-from backend.errors import AppError, AuthError, AuthRequired, Forbidden, TokenExpired, TokenInvalid
-from backend.metrics import UNMATCHED
+from backend.errors import TokenExpired, TokenInvalid
 from backend.middleware.jwks import (
     ASYMMETRIC_ALGORITHMS,
     FETCH_TIMEOUT_SECONDS,
     Clock,
     JwksCache,
 )
-from backend.middleware.rate_limit import RateLimiter
 from backend.models.task import CONTROL_CHARACTER, USER_ID_MAX
-
-logger = logging.getLogger("backend.auth")
 
 HS256 = "HS256"
 VERIFIED_TOKENS_KEPT = 4096  # the most recent tokens (a few MB at most) kept verified
@@ -81,16 +59,6 @@ _MISSING = {
     "sub": "The token has no sub claim: it must name the user (their id)",
 }
 _JSON_TYPES = {str: "a string", bool: "a boolean", list: "an array", dict: "an object"}
-
-# The bearer scheme, as the OpenAPI document states it (main.py puts it on every /api route):
-# declared there rather than as FastAPI's HTTPBearer dependency, which would parse the header a
-# second time on every request after authenticate() has.
-BEARER_SCHEME = {
-    "type": "http",
-    "scheme": "bearer",
-    "bearerFormat": "JWT",
-    "description": "A Better Auth JWT whose `sub` is the user id in the path.",
-}
 
 
 class TokenVerifier:
@@ -350,57 +318,3 @@ def _printable(text: str) -> str:
     # no novel from a hostile token.
     text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
-
-
-async def _refused(request: Request, refusal: AppError, reason: str) -> None:
-    """Count the refusal against the client's address, which beyond RATE_LIMIT_ANONYMOUS turns
-    it into a 429 (rate_limit.py logs that once), else log it. The line names the route's
-    template, never the path, which holds user ids and, percent-decoded, anything a client
-    likes; and the reason names no user."""
-    limiter: RateLimiter = request.app.state.rate_limiter
-    instead = await limiter.refusal_for(request.scope)
-    if instead is not None:
-        raise instead from None
-    route = getattr(request.scope.get("route"), "path", UNMATCHED)
-    logger.info(
-        "%s %s refused: %d %s: %s", request.method, route, refusal.status_code, refusal.code, reason
-    )
-
-
-async def authenticate(request: Request) -> str:
-    """Verify the bearer token and that it belongs to the path's user; return the user id.
-    A refusal (401, 403) counts against the client address's budget (429 beyond it)."""
-    try:
-        token = await _bearer_token(request)
-    except AuthError as refusal:
-        await _refused(request, refusal, refusal.detail)
-        raise
-    user_id = token.user_id
-    if request.path_params.get("user_id") != user_id:
-        forbidden = Forbidden()
-        await _refused(request, forbidden, "the token's sub is not the path's user")
-        raise forbidden
-    request.state.user_id = user_id
-    request.state.token_expires = token.expires
-    return user_id
-
-
-async def _bearer_token(request: Request) -> VerifiedToken:
-    header = request.headers.get("authorization")
-    if not header:
-        raise AuthRequired()
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer":
-        raise AuthRequired("Use the Bearer scheme: Authorization: Bearer <JWT>")
-    token = token.strip()
-    if not token:
-        raise TokenInvalid("The bearer token is empty")
-    verifier: TokenVerifier = request.app.state.verifier
-    return await verifier.verified(token)
-
-
-# The path's user id, which authenticate() (run by the route before anything else, see
-# routes/tasks.py) has found equal to the token's `sub`: a handler's `user_id: CurrentUser` is
-# the verified user. A path parameter rather than a dependency, which would be solved again on
-# every request; tests/test_isolation.py checks that every route taking it authenticates first.
-CurrentUser = Annotated[str, Path(description="The user id; must equal the token's `sub`.")]

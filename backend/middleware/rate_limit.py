@@ -3,8 +3,8 @@
 - per user: RATE_LIMIT requests a minute, counted after authentication (the key is the token's
   user). An authenticated request counts against this one only.
 - per client address: RATE_LIMIT_ANONYMOUS requests a minute that are refused as
-  unauthenticated or forbidden (401, 403: jwt_auth.py) or that no route takes (404, 405:
-  errors.py), answered 429 instead beyond it. Such requests cost the service something (a
+  unauthenticated or forbidden (401, 403: web/auth.py) or that no route takes (404, 405:
+  web/errors.py), answered 429 instead beyond it. Such requests cost the service something (a
   token's signature, a JWKS lookup, the router) and, keyed by no user, counted against nothing
   before. The key is the address uvicorn gives (scope["client"]; with `--proxy-headers`, the
   one the trusted proxy names); an IPv6 address counts by its /64, which one host is usually
@@ -44,10 +44,13 @@ from limits.storage import storage_from_string
 from starlette.types import Scope
 
 from backend.config import Settings
-from backend.errors import RateLimited
-from backend.middleware.requests import PROBE_PATHS
+from backend.errors import RATE_LIMIT_HEADERS, RateLimited
 
 logger = logging.getLogger("backend.rate_limit")
+
+# Probes of load balancers and scrapers: they count against no rate limit (and their access
+# lines are DEBUG: web/middleware.py).
+PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 RETRY_STORAGE_SECONDS = 5.0  # after Redis failed, how long memory counts before Redis is tried
 REDIS_TIMEOUT_SECONDS = 1.0  # a request waits at most this long for Redis
@@ -56,6 +59,9 @@ MAX_ADDRESS_KEY = 64  # characters of an address that is no IP address (from a p
 ADDRESS_BUDGET = (
     "unauthenticated or refused requests a minute from this address (RATE_LIMIT_ANONYMOUS)"
 )
+
+
+_RAW_NAMES = tuple(name.lower().encode() for name in RATE_LIMIT_HEADERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +74,18 @@ class Quota:
     allowed: bool
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        limit, remaining, reset = _RAW_NAMES
         return [
-            (b"ratelimit-limit", b"%d" % self.limit),
-            (b"ratelimit-remaining", b"%d" % self.remaining),
-            (b"ratelimit-reset", b"%d" % self.reset),
+            (limit, b"%d" % self.limit),
+            (remaining, b"%d" % self.remaining),
+            (reset, b"%d" % self.reset),
         ]
 
 
 def storage_uri(url: str) -> str:
-    """RATE_LIMIT_STORAGE as limits' asyncio storage wants it: redis://… → async+redis://…."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("redis", "rediss", "memory"):
-        raise ValueError("RATE_LIMIT_STORAGE must be memory://, redis://… or rediss://…")
+    """RATE_LIMIT_STORAGE (which Settings has checked) as limits' asyncio storage wants it:
+    redis://… → async+redis://…."""
+    scheme, _, rest = url.partition("://")
     return f"async+{scheme.lower()}://{rest}"
 
 
@@ -111,8 +117,8 @@ class RateLimiter:
             client: dict[str, Any] = {  # coredis.Redis's options
                 "connect_timeout": REDIS_TIMEOUT_SECONDS,
                 "stream_timeout": REDIS_TIMEOUT_SECONDS,
-                # Its default tries each command twice more after a timeout: a hung Redis cost a
-                # request 3-5 s, not the deadline of _count.
+                # Its default tries each command twice more after a timeout: a hung Redis would
+                # cost a request several times the deadline of _count (bench/README.md).
                 "retry_policy": NoRetryPolicy(),
             }
             storage = storage_from_string(uri, wrap_exceptions=True, **client)

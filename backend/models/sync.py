@@ -9,6 +9,7 @@ sequence numbers are handed out in commit order: a reader that sees number n see
 below it, and a feed read "after n" can never miss a change committed later with a smaller one.
 """
 
+import re
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Column, Index, SmallInteger, String, Text, text
@@ -17,10 +18,18 @@ from sqlmodel import Field, SQLModel
 from backend.models.task import USER_ID_MAX, IdColumnType, UTCDateTime
 
 IDEMPOTENCY_KEY_MAX = 255
+KEY_HOURS = 24  # an idempotency key and its response are kept this long
+# Deleted tasks are remembered this long; a sync token older than the deletions forgotten since
+# is expired, and its client starts over from a full list.
+TOMBSTONE_DAYS = 30
 # A deleted task is remembered while it is among its owner's last this many changes (and at most
-# services.tasks.TOMBSTONE_DAYS): the triggers of migration 0005 drop older tombstones as changes
-# come, so what is kept per user is bounded by this, not by how fast a user deletes.
+# TOMBSTONE_DAYS): the triggers of migration 0005 drop older tombstones as changes come, so what
+# is kept per user is bounded by this, not by how fast a user deletes.
 TOMBSTONE_CHANGES = 10_000
+# A sync token is a change sequence number (`seq`) in decimal: at most 18 digits, so that any
+# token fits the BIGINT column.
+SYNC_TOKEN_PATTERN = "^[0-9]{1,18}$"  # noqa: S105 - a pattern, not a secret
+SYNC_TOKEN = re.compile(SYNC_TOKEN_PATTERN)  # to be used with fullmatch
 
 
 class SyncState(SQLModel, table=True):
@@ -37,7 +46,7 @@ class SyncState(SQLModel, table=True):
 
 
 class TaskTombstone(SQLModel, table=True):
-    """A deleted task, kept for the change feed for 30 days."""
+    """A deleted task, kept for the change feed (TOMBSTONE_DAYS, TOMBSTONE_CHANGES)."""
 
     __tablename__ = "task_tombstone"
     __table_args__ = (
@@ -52,7 +61,7 @@ class TaskTombstone(SQLModel, table=True):
 
 
 class IdempotencyKey(SQLModel, table=True):
-    """A request made with an Idempotency-Key, and the response it got (kept 24 hours). The
+    """A request made with an Idempotency-Key, and the response it got (kept KEY_HOURS). The
     primary key is what makes concurrent repeats one request, in any number of processes."""
 
     __tablename__ = "idempotency_key"

@@ -8,6 +8,7 @@ from backend.errors import AppError, ServiceUnavailable
 from backend.schemas.error import documented
 from backend.schemas.health import Alive, Ready
 from backend.services import health
+from backend.web.state import app_state
 
 router = APIRouter(
     tags=["operations"],
@@ -43,7 +44,7 @@ async def alive() -> Alive:
     },
 )
 async def ready(request: Request) -> Ready:
-    problem = await health.unready_reason(request.app.state.db)
+    problem = await health.unready_reason(app_state(request).db)
     if problem is not None:
         raise ServiceUnavailable(problem)
     return Ready(status="ready")
@@ -58,5 +59,5 @@ async def ready(request: Request) -> Ready:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
 async def metrics(request: Request) -> Response:
-    body = generate_latest(request.app.state.metrics.registry)
+    body = generate_latest(app_state(request).metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

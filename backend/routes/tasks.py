@@ -1,56 +1,21 @@
-"""HTTP handlers for /api/{user_id}/tasks…: authorise, call one service function, render.
+"""The task handlers of /api/{user_id}/tasks…: each calls one service function and renders.
 
-Rows are rendered straight to JSON (orjson); `response_model` documents the shape in OpenAPI
-without re-validating what the database just returned. The HTTP side of safe edits lives here:
-ETag / If-Match / If-None-Match are versions, Idempotency-Key wraps a write in
-`services.idempotency.once`, and the event stream follows the change feed.
+What every request goes through first (the token, the owner, the rate limit, the body), the
+ETag and Idempotency-Key machinery and the document's shared parts are web/'s; the change feed
+and the event stream are routes/sync.py's. The collection's routes and the single task's are two
+routers because the sync routes must be tried between them (routes/__init__.py).
 """
 
-import re
-from collections.abc import Awaitable, Callable, Coroutine
-from contextlib import AsyncExitStack
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import quote, urlencode
 
-import orjson
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
-from fastapi.responses import StreamingResponse
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import MISSING, BeforeValidator
-from pydantic_core import PydanticUndefined as Undefined
-from sqlalchemy.ext.asyncio import AsyncConnection
-from starlette.types import Receive, Scope, Send
 
-from backend.errors import (
-    AppError,
-    AuthRequired,
-    Forbidden,
-    IdempotencyKeyReused,
-    MalformedJSON,
-    MethodNotAllowed,
-    PayloadTooLarge,
-    PreconditionFailed,
-    QuotaExceeded,
-    RateLimited,
-    ServiceUnavailable,
-    SyncTokenExpired,
-    TaskNotFound,
-    TokenExpired,
-    TokenInvalid,
-    TooManyStreams,
-    UnsupportedMediaType,
-    ValidationFailed,
-)
-from backend.middleware.jwt_auth import CurrentUser, authenticate
-from backend.middleware.rate_limit import Quota, RateLimiter
-from backend.models.sync import IDEMPOTENCY_KEY_MAX
-from backend.models.task import VERSION_MAX
-from backend.routes.binding import Binder
-from backend.schemas.error import PreconditionFailedBody, documented
+from backend.errors import QuotaExceeded
+from backend.models.task import ID_MAX
+from backend.schemas.error import documented
 from backend.schemas.task import (
-    EXAMPLE_TASK,
-    MAX_LIST_LIMIT,
-    ChangesRead,
     CompleteBody,
     DeletedCount,
     TaskCreate,
@@ -59,108 +24,24 @@ from backend.schemas.task import (
     TaskReplace,
     TaskUpdate,
 )
-from backend.services import idempotency, tasks
-from backend.services.events import RECONNECT_SECONDS, ChangeHub, Stream
-
-MAX_TASK_ID = 2**63 - 1  # BIGINT; larger ids cannot exist, and would overflow the driver
-
-
-def _is_json(content_type: str | None) -> bool:
-    if content_type is None:
-        return True  # no Content-Type: read the body as JSON, as most servers do
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (
-        media.startswith("application/") and media.endswith("+json")
-    )
-
-
-class TaskRoute(APIRoute):
-    """Runs the checks in the contract's order: authentication and the owner check first, then
-    the user's rate limit (RateLimit-* headers on the answer), then the body (size, content
-    type, JSON syntax), and only then the parameters' validation. It also holds the request's
-    database connection (`Conn`) around the handler, when the handler takes one.
-
-    It is served below FastAPI's request handling: a `Binder` validates the parameters with
-    their own validators and the handler is called directly. A request the binder leaves alone
-    (an invalid value) goes through FastAPI's handler, which answers with its 422 as always."""
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        super().__init__(path, endpoint, **kwargs)
-        self._reads_body = self.body_field is not None
-        self._uses_connection = any(d.call is _connection for d in self.dependant.dependencies)
-        binder = Binder.for_dependant(self.dependant, _PROVIDED)
-        if binder is None:
-            raise TypeError(f"{path}: {endpoint.__name__} takes a parameter a Binder cannot bind")
-        self.binder = binder
-        # A write must not be taken on the last of several values it was given: `DELETE
-        # …?status=completed&status=all` would delete everything (last value wins).
-        self._once_only = (
-            tuple(field.alias for field in self.dependant.query_params)
-            if self.methods and not self.methods <= {"GET", "HEAD"}
-            else ()
-        )
-        self.app = self._serve
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        self._solve = super().get_route_handler()  # FastAPI's: solves, then calls
-        return self._solve
-
-    async def _check(self, request: Request) -> Quota | None:
-        """Authentication, the owner, the rate limit, then the body's size, type and syntax."""
-        user_id = await authenticate(request)
-        limiter: RateLimiter = request.app.state.rate_limiter
-        quota = await limiter.hit(user_id)
-        if quota is not None and not quota.allowed:
-            raise RateLimited(limit=quota.limit, retry_after=quota.reset)
-        if self._reads_body and await request.body():
-            if not _is_json(request.headers.get("content-type")):
-                raise UnsupportedMediaType()
-            try:
-                await request.json()  # parsed once; the binder or FastAPI reuses it
-            # JSONDecodeError, bytes that are not UTF-8, or nesting deeper than the parser's
-            # recursion limit (a 1 KB body of "[[[[…" must be a 400, not a 500).
-            except (ValueError, RecursionError):
-                raise MalformedJSON() from None
-        return quota
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive, send)
-        quota = await self._check(request)
-        for key in self._once_only:
-            if len(request.query_params.getlist(key)) > 1:
-                raise ValidationFailed(f"{key}: must be given once", field=key)
-        body = await request.json() if self._reads_body and await request.body() else Undefined
-        if self._uses_connection:
-            # The request's connection, for the handler's `conn: Conn` (opened here, not by a
-            # yield dependency, whose exit stack and cancel scopes cost more than the checkout);
-            # back in the pool once the handler has rendered its response.
-            async with request.app.state.db.connect() as conn:
-                scope[_CONNECTION] = conn
-                response = await self._call(request, body)
-        else:
-            response = await self._call(request, body)
-        if quota is not None:
-            # Appended as they are: a handler never sets RateLimit-* itself.
-            response.raw_headers.extend(quota.raw_headers())
-        await response(scope, receive, send)
-
-    async def _call(self, request: Request, body: Any) -> Response:
-        arguments = self.binder.bind(request, body)
-        if arguments is None:  # FastAPI validates, and answers 422
-            async with AsyncExitStack() as stack:
-                request.scope["fastapi_inner_astack"] = stack
-                request.scope["fastapi_function_astack"] = stack
-                return await self._solve(request)
-        response: Response = await self.endpoint(**arguments)
-        return response
-
-
-_CONNECTION = "taskapi.connection"
-
-
-async def _connection(request: Request) -> AsyncConnection:
-    conn: AsyncConnection = request.scope[_CONNECTION]  # TaskRoute opened it
-    return conn
+from backend.services import listing, tasks
+from backend.services.tasks import Written
+from backend.web.dependencies import Conn, CurrentUser, SettingsDep
+from backend.web.openapi import (
+    API_RESPONSES,
+    BODY_ERRORS,
+    COMPLETING_HEADERS,
+    ETAG_HEADER,
+    KEY_REUSED,
+    NOT_FOUND,
+    PRECONDITION,
+    REPLAYED_HEADER,
+    SKIPPED_HEADER,
+    TASK_HEADERS,
+)
+from backend.web.responses import json_response, task_headers, task_response, written_response
+from backend.web.routing import TaskRoute
+from backend.web.writes import IdempotencyKeyHeader, IfMatch, IfNoneMatch, once, versions
 
 
 def _digits_only(value: object) -> object:
@@ -171,232 +52,21 @@ def _digits_only(value: object) -> object:
     return value
 
 
-def _hub(request: Request) -> ChangeHub:
-    hub: ChangeHub = request.app.state.changes
-    return hub
-
-
-# What TaskRoute's binder gives the handlers' dependencies, without calling them.
-_PROVIDED: dict[Callable[..., Any], Callable[[Request], Any]] = {
-    _connection: lambda request: request.scope[_CONNECTION],
-    _hub: _hub,
-}
-
-
-Conn = Annotated[AsyncConnection, Depends(_connection)]
-Hub = Annotated[ChangeHub, Depends(_hub)]
 TaskIdPath = Annotated[
     int,
-    Path(ge=1, le=MAX_TASK_ID, description="The task's id"),
+    Path(ge=1, le=ID_MAX, description="The task's id"),
     BeforeValidator(_digits_only),
 ]
 
 
-IfMatch = Annotated[
-    str | None,
-    Header(
-        alias="If-Match",
-        description='Change the task only if it is still at this version: its ETag, `"3"`. '
-        "A stale one is 412 with the task as it is now in `current`.",
-    ),
-]
-IfNoneMatch = Annotated[
-    str | None,
-    Header(alias="If-None-Match", description="The ETag you have: 304 if it is still current."),
-]
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=IDEMPOTENCY_KEY_MAX,
-        pattern=r"^[\x20-\x7e]+$",
-        description="Any unique string (a UUID): a repeat of this request with the same key, "
-        "within 24 hours, gets the first response again with `Idempotent-Replayed: true` and "
-        "changes nothing; the same key with another request is 422 IDEMPOTENCY_KEY_REUSED.",
-    ),
-]
-_ENTITY_TAG = re.compile(r'(W/)?"(\d{1,18})"|(\d{1,18})')
-
-
-def _versions(header: str | None, *, weak: bool) -> tasks.Versions | None:
-    """The task versions an If-Match (strong comparison) or If-None-Match (`weak`) names; None
-    for none at all (no header) or any (`*`). A bare number is taken as the ETag a client
-    forgot to quote; any other entity tag, or a version no task can have, matches none."""
-    if header is None:
-        return None
-    versions = set()
-    for member in header.split(","):
-        member = member.strip()
-        if member == "*":
-            return None
-        match = _ENTITY_TAG.fullmatch(member)
-        if match and (weak or not match.group(1)):
-            version = int(match.group(2) or match.group(3))
-            if version <= VERSION_MAX:
-                versions.add(version)
-    return frozenset(versions)
-
-
-Responses = dict[int | str, dict[str, Any]]
-
-router = APIRouter(
-    prefix="/api",
-    route_class=TaskRoute,
-    strict_content_type=False,
-    responses={
-        401: documented(
-            "No token, or one that is invalid or expired",
-            AuthRequired(),
-            TokenInvalid(),
-            TokenExpired(),
-        ),
-        403: documented("The token's user is not the path's user", Forbidden()),
-        405: documented(
-            "This path does not take this method; `Allow` lists those it takes",
-            MethodNotAllowed(allow="GET, POST, DELETE"),
-        ),
-        422: documented(
-            "Invalid input: `field` names the first problem, `errors` lists them all",
-            ValidationFailed("title: must not be empty", field="title"),
-        ),
-        429: documented(
-            "More than RATE_LIMIT requests a minute by this user, or, for requests refused as "
-            "unauthenticated or forbidden, more than RATE_LIMIT_ANONYMOUS a minute from this "
-            "client address (RateLimit-* then describe that budget); retry after `Retry-After`",
-            RateLimited(limit=600, retry_after=42),
-        ),
-        500: documented("An unexpected failure (nothing about it is shown)", AppError()),
-        503: documented(
-            "The database is unavailable, busy or too slow; retry after `Retry-After`",
-            ServiceUnavailable(),
-        ),
-    },
-)
-_NOT_FOUND: Responses = {404: documented("No such task for this user", TaskNotFound())}
-_ETAG_HEADER = {
-    "ETag": {
-        "description": 'The task\'s version: `"3"`',
-        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
-    }
-}
-_TASK_HEADERS: Responses = {200: {"headers": _ETAG_HEADER}}
-# A recurring task completed while its user had MAX_TASKS_PER_USER tasks: no next occurrence.
-OCCURRENCE_SKIPPED = "X-Next-Occurrence-Skipped"
-_SKIPPED_HEADER = {
-    OCCURRENCE_SKIPPED: {
-        "description": "`quota`: this completed a recurring task while its user had "
-        "MAX_TASKS_PER_USER tasks, so its next occurrence was not created (it is when the task "
-        "is completed again below the quota)",
-        "schema": {"type": "string", "enum": ["quota"]},
-    }
-}
-_COMPLETING_HEADERS: Responses = {200: {"headers": {**_ETAG_HEADER, **_SKIPPED_HEADER}}}
-_PRECONDITION: Responses = {
-    412: documented(
-        "If-Match names another version: `current` is the task as it is now, `ETag` its version",
-        PreconditionFailed(EXAMPLE_TASK),
-        model=PreconditionFailedBody,
-    )
-}
-_REPLAYED_HEADER = {
-    "Idempotent-Replayed": {
-        "description": "`true` on the repeat of a request with an Idempotency-Key",
-        "schema": {"type": "string", "enum": ["true"]},
-    }
-}
-_BODY_ERRORS: Responses = {
-    400: documented("The body is not valid JSON", MalformedJSON()),
-    413: documented(
-        "The body is larger than 1 MiB",
-        PayloadTooLarge("The request body is larger than 1048576 bytes"),
-    ),
-    415: documented("The body is not JSON", UnsupportedMediaType()),
-}
-_KEY_REUSED: Responses = {
-    422: documented(
-        "Invalid input (`field` names the first problem, `errors` lists them all), or an "
-        "Idempotency-Key already used for another request",
-        ValidationFailed("title: must not be empty", field="title"),
-        IdempotencyKeyReused(),
-    )
-}
-_SYNC_TOKEN_EXPIRED: Responses = {
-    410: documented(
-        "The sync token is too old to be served, or not this user's", SyncTokenExpired()
-    )
-}
-
-
-def _json(content: Any) -> bytes:
-    return orjson.dumps(content, option=orjson.OPT_UTC_Z)
-
-
-def _render(
-    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        _json(content), status_code=status_code, headers=headers, media_type="application/json"
+def _router() -> APIRouter:
+    return APIRouter(
+        prefix="/api", route_class=TaskRoute, strict_content_type=False, responses=API_RESPONSES
     )
 
 
-def _etag(task: tasks.TaskRecord) -> str:
-    return f'"{task["version"]}"'
-
-
-def _render_task(task: tasks.TaskRecord) -> Response:
-    return _render(task, headers={"ETag": _etag(task)})
-
-
-def _render_written(written: tasks.Written) -> Response:
-    response = _render_task(written.task)
-    if written.occurrence_skipped:
-        response.headers[OCCURRENCE_SKIPPED] = "quota"
-    return response
-
-
-async def _once(
-    request: Request,
-    conn: AsyncConnection,
-    user_id: str,
-    key: str | None,
-    write: Callable[[], Awaitable[tasks.Written]],
-    status_code: int = 200,
-) -> Response:
-    """Run a write, once per Idempotency-Key when one is sent, and answer with its task."""
-    written: list[tasks.Written] = []  # the task, when this request wrote it
-
-    async def run() -> tuple[int, bytes]:
-        written.append(await write())
-        return status_code, _json(written[0].task)
-
-    if key is None:
-        status, body = await run()
-        replayed = False
-    else:
-        sent = await request.json() if await request.body() else None
-        fingerprint = idempotency.request_hash(request.method, request.url.path, sent)
-        outcome = await idempotency.once(
-            conn, user_id=user_id, key=key, fingerprint=fingerprint, run=run
-        )
-        status, body, replayed = outcome.status, outcome.body, outcome.replayed
-    if not replayed:
-        _hub(request).written(user_id)
-    # A replay has only the stored body to say which task and version it answered with.
-    task = orjson.loads(body) if replayed else written[0].task
-    headers = {"ETag": _etag(task)}
-    if not replayed and written[0].occurrence_skipped:
-        headers[OCCURRENCE_SKIPPED] = "quota"
-    if status == 201:
-        headers["Location"] = f"/api/{quote(user_id, safe='')}/tasks/{task['id']}"
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
-
-
-async def _created(task: Awaitable[tasks.TaskRecord]) -> tasks.Written:
-    return tasks.Written(await task)
-
+collection = _router()  # /api/{user_id}/tasks
+router = _router()  # /api/{user_id}/tasks/{task_id}…
 
 _PAGED_BY = frozenset(TaskQuery.model_fields) - {"cursor"}
 
@@ -416,7 +86,7 @@ _LIST_HEADERS = {
 }
 
 
-@router.get(
+@collection.get(
     "/{user_id}/tasks",
     operation_id="listTasks",
     response_description="One page of the user's tasks",
@@ -431,7 +101,7 @@ _LIST_HEADERS = {
 async def list_tasks(
     request: Request, user_id: CurrentUser, conn: Conn, query: Annotated[TaskQuery, Query()]
 ) -> Response:
-    page = await tasks.list_tasks(conn, user_id=user_id, query=query)
+    page = await listing.list_tasks(conn, user_id=user_id, query=query)
     headers = {"X-Total-Count": str(page.total), "X-Sync-Token": page.sync_token}
     if page.cursor is not None:
         # Relative (RFC 8288): never built from the Host header. The user id is encoded as in
@@ -442,10 +112,10 @@ async def list_tasks(
         next_query = urlencode([*params, ("cursor", page.cursor)])
         path = f"/api/{quote(user_id, safe='')}/tasks"
         headers["Link"] = f'<{path}?{next_query}>; rel="next"'
-    return _render(page.tasks, headers=headers)
+    return json_response(page.tasks, headers=headers)
 
 
-@router.delete(
+@collection.delete(
     "/{user_id}/tasks",
     operation_id="clearTasks",
     response_description="How many tasks were removed",
@@ -459,174 +129,13 @@ async def list_tasks(
 async def delete_tasks(
     user_id: CurrentUser,
     conn: Conn,
-    hub: Hub,
     status: Annotated[Literal["completed", "all"], Query(description="`completed` or `all`")],
 ) -> Response:
     deleted = await tasks.delete_tasks(conn, user_id=user_id, completed_only=status == "completed")
-    hub.written(user_id)
-    return _render({"deleted": deleted})
+    return json_response({"deleted": deleted})
 
 
-SinceToken = Annotated[
-    str | None,
-    Query(
-        max_length=100,
-        json_schema_extra={"pattern": "^[0-9]{1,18}$"},
-        description="A sync token: a list's `X-Sync-Token`, or the `next` of the last page of "
-        "changes. Left out: every task there is.",
-    ),
-]
-
-
-@router.get(
-    "/{user_id}/tasks/changes",
-    operation_id="listTaskChanges",
-    response_description="The changes after `since`",
-    tags=["sync"],
-    summary="What changed since a sync token",
-    description="Tasks created or changed (as they are now) and ids of tasks deleted after "
-    "`since`, in the order they changed, at most `limit`; `next` is the token to ask with next "
-    "time, and `has_more` says whether to ask at once. Deletions are remembered 30 days: an "
-    "older token is 410 SYNC_TOKEN_EXPIRED (list the tasks again and go on from the list's "
-    "X-Sync-Token).",
-    response_model=ChangesRead,
-    responses=_SYNC_TOKEN_EXPIRED,
-)
-async def list_changes(
-    user_id: CurrentUser,
-    conn: Conn,
-    since: SinceToken = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = MAX_LIST_LIMIT,
-) -> Response:
-    changes = await tasks.changes(conn, user_id=user_id, since=since, limit=limit)
-    return _render(
-        {
-            "changed": [task for _, _, task in changes.items if task is not None],
-            "deleted": [task_id for _, task_id, task in changes.items if task is None],
-            "next": changes.next,
-            "has_more": changes.has_more,
-        }
-    )
-
-
-class _EventStream(StreamingResponse):
-    """A stream's response: its slot under the caps is given back however the response ends
-    (the client gone, a failure, the server stopping), not when its generator is collected."""
-
-    def __init__(self, stream: Stream) -> None:
-        super().__init__(
-            stream.body(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
-        self._stream = stream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._stream.close()
-
-
-@router.get(
-    "/{user_id}/tasks/events",
-    operation_id="streamTaskEvents",
-    tags=["sync"],
-    summary="Live changes (Server-Sent Events)",
-    description="A stream of the user's changes as they happen: `event: changed` with the "
-    'task, `event: deleted` with `{"id"}`; each event\'s `id` is its sync token. A comment '
-    "line is sent when nothing happened for a while (a heartbeat). Reconnect with "
-    "`Last-Event-ID` (or `?since=`) to resume without a gap; without either the stream starts "
-    "from now. Send the token in `Authorization` as for every route (a fetch-based "
-    "EventSource client). The stream ends when the token expires (after JWT_LEEWAY_SECONDS), "
-    "with a comment line saying so: reconnect with a fresh token and `Last-Event-ID`. At most "
-    "SSE_MAX_STREAMS_PER_USER streams of one user (and SSE_MAX_STREAMS in all) are open on "
-    "one server process: beyond, 429.",
-    response_class=StreamingResponse,
-    responses={
-        200: {
-            "content": {
-                "text/event-stream": {
-                    # Each event, as an SSE parser hands it over (OpenAPI before 3.2 has no
-                    # itemSchema: the schema of a stream describes one event).
-                    "schema": {
-                        "type": "object",
-                        "required": ["event", "data"],
-                        "properties": {
-                            "event": {"type": "string", "enum": ["changed", "deleted"]},
-                            "id": {"type": "string", "pattern": "^[0-9]+$"},
-                            "data": {
-                                "type": "string",
-                                "description": 'JSON: the task, or `{"id": …}` of a deleted one',
-                            },
-                            "retry": {"type": "integer"},
-                        },
-                    }
-                }
-            },
-            "description": "The event stream",
-        },
-        **_SYNC_TOKEN_EXPIRED,
-        429: documented(
-            "This user has SSE_MAX_STREAMS_PER_USER streams open on this server process, or "
-            "the process SSE_MAX_STREAMS (Retry-After only); or more than RATE_LIMIT requests a "
-            "minute by this user, or, for requests refused as unauthenticated or forbidden, "
-            "more than RATE_LIMIT_ANONYMOUS a minute from this client address (RateLimit-* "
-            "then describe that budget). Retry after `Retry-After`",
-            TooManyStreams(limit=10, per_user=True, retry_after=RECONNECT_SECONDS),
-            headers=("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"),
-        ),
-    },
-)
-async def stream_events(
-    request: Request,
-    user_id: CurrentUser,
-    hub: Hub,
-    since: SinceToken = None,
-    last_event_id: Annotated[
-        str | None,
-        Header(
-            alias="Last-Event-ID",
-            max_length=100,
-            json_schema_extra={"pattern": "^[0-9]{1,18}$"},
-            description="The last event's id",
-        ),
-    ] = None,
-) -> StreamingResponse:
-    # Both are checked when both are sent; the header, which a reconnecting client sends, wins.
-    if since is not None:
-        tasks.parse_sync_token(since, field="since")
-    if last_event_id is not None:
-        tasks.parse_sync_token(last_event_id, field="Last-Event-ID")
-    # Counted from here, before anything is read, until the response ends (TooManyStreams).
-    stream = hub.open(user_id, expires=request.state.token_expires)
-    try:
-        # An expired or foreign token is refused before the stream starts.
-        async with request.app.state.db.connect() as conn:
-            token = await tasks.start_token(conn, user_id=user_id, since=last_event_id or since)
-    except BaseException:
-        stream.close()
-        raise
-    stream.follow(int(token))
-    return _EventStream(stream)
-
-
-async def _get_only() -> None:
-    raise MethodNotAllowed(allow="GET")
-
-
-# Without these, PUT …/tasks/changes would be taken for an update of a task whose id is
-# "changes" (422); it is a method the resource does not have.
-for _name in ("changes", "events"):
-    router.add_api_route(
-        f"/{{user_id}}/tasks/{_name}",
-        _get_only,
-        methods=["POST", "PUT", "PATCH", "DELETE"],
-        include_in_schema=False,
-    )
-
-
-@router.post(
+@collection.post(
     "/{user_id}/tasks",
     operation_id="createTask",
     response_description="The task created",
@@ -639,8 +148,8 @@ for _name in ("changes", "events"):
     responses={
         201: {
             "headers": {
-                **_ETAG_HEADER,
-                **_REPLAYED_HEADER,
+                **ETAG_HEADER,
+                **REPLAYED_HEADER,
                 "Location": {
                     "description": "`/api/{user_id}/tasks/{id}`",
                     "schema": {"type": "string"},
@@ -648,32 +157,25 @@ for _name in ("changes", "events"):
             }
         },
         409: documented("The user has MAX_TASKS_PER_USER tasks already", QuotaExceeded(10000)),
-        **_KEY_REUSED,
-        **_BODY_ERRORS,
+        **KEY_REUSED,
+        **BODY_ERRORS,
     },
 )
 async def create_task(
     request: Request,
     user_id: CurrentUser,
     conn: Conn,
+    settings: SettingsDep,
     data: TaskCreate,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
-    return await _once(
-        request,
-        conn,
-        user_id,
-        idempotency_key,
-        lambda: _created(
-            tasks.create_task(
-                conn,
-                user_id=user_id,
-                data=data,
-                max_tasks=request.app.state.settings.max_tasks_per_user,
-            )
-        ),
-        status_code=201,
-    )
+    async def create() -> Written:
+        created = await tasks.create_task(
+            conn, user_id=user_id, data=data, max_tasks=settings.max_tasks_per_user
+        )
+        return Written(created)
+
+    return await once(request, conn, user_id, idempotency_key, create, status_code=201)
 
 
 @router.get(
@@ -684,12 +186,12 @@ async def create_task(
     summary="Get a task",
     response_model=TaskRead,
     responses={
-        **_TASK_HEADERS,
+        **TASK_HEADERS,
         304: {
             "description": "If-None-Match names the current version: nothing to send",
-            "headers": _ETAG_HEADER,
+            "headers": ETAG_HEADER,
         },
-        **_NOT_FOUND,
+        **NOT_FOUND,
     },
 )
 async def get_task(
@@ -697,10 +199,10 @@ async def get_task(
 ) -> Response:
     task = await tasks.get_task(conn, user_id=user_id, task_id=task_id)
     if if_none_match is not None:
-        versions = _versions(if_none_match, weak=True)
-        if versions is None or task["version"] in versions:
-            return Response(status_code=304, headers={"ETag": _etag(task)})
-    return _render_task(task)
+        known = versions(if_none_match, weak=True)
+        if known is None or task["version"] in known:
+            return Response(status_code=304, headers=task_headers(task))
+    return task_response(task)
 
 
 @router.put(
@@ -713,19 +215,18 @@ async def get_task(
     '(`"description": null` clears it) and keeps its value if left out. Read-only fields sent '
     "back (`id`, timestamps…) are ignored.",
     response_model=TaskRead,
-    responses={**_COMPLETING_HEADERS, **_NOT_FOUND, **_PRECONDITION, **_BODY_ERRORS},
+    responses={**COMPLETING_HEADERS, **NOT_FOUND, **PRECONDITION, **BODY_ERRORS},
 )
 async def replace_task(
-    request: Request,
     user_id: CurrentUser,
     conn: Conn,
-    hub: Hub,
+    settings: SettingsDep,
     task_id: TaskIdPath,
     data: TaskReplace,
     if_match: IfMatch = None,
 ) -> Response:
     # The same update as PATCH; only what the body must hold (the title) differs.
-    return await update_task(request, user_id, conn, hub, task_id, data, if_match)
+    return await update_task(user_id, conn, settings, task_id, data, if_match)
 
 
 @router.patch(
@@ -736,13 +237,12 @@ async def replace_task(
     summary="Update some fields of a task",
     description="Only the fields sent change; `{}` changes nothing.",
     response_model=TaskRead,
-    responses={**_COMPLETING_HEADERS, **_NOT_FOUND, **_PRECONDITION, **_BODY_ERRORS},
+    responses={**COMPLETING_HEADERS, **NOT_FOUND, **PRECONDITION, **BODY_ERRORS},
 )
 async def update_task(
-    request: Request,
     user_id: CurrentUser,
     conn: Conn,
-    hub: Hub,
+    settings: SettingsDep,
     task_id: TaskIdPath,
     data: TaskUpdate,
     if_match: IfMatch = None,
@@ -752,11 +252,10 @@ async def update_task(
         user_id=user_id,
         task_id=task_id,
         data=data,
-        max_tasks=request.app.state.settings.max_tasks_per_user,
-        if_match=_versions(if_match, weak=False),
+        max_tasks=settings.max_tasks_per_user,
+        if_match=versions(if_match, weak=False),
     )
-    hub.written(user_id)
-    return _render_written(written)
+    return written_response(written)
 
 
 @router.patch(
@@ -770,24 +269,25 @@ async def update_task(
     "toggle again.",
     response_model=TaskRead,
     responses={
-        200: {"headers": {**_ETAG_HEADER, **_REPLAYED_HEADER, **_SKIPPED_HEADER}},
-        **_NOT_FOUND,
-        **_PRECONDITION,
-        **_KEY_REUSED,
-        **_BODY_ERRORS,
+        200: {"headers": {**ETAG_HEADER, **REPLAYED_HEADER, **SKIPPED_HEADER}},
+        **NOT_FOUND,
+        **PRECONDITION,
+        **KEY_REUSED,
+        **BODY_ERRORS,
     },
 )
 async def complete_task(
     request: Request,
     user_id: CurrentUser,
     conn: Conn,
+    settings: SettingsDep,
     task_id: TaskIdPath,
     data: Annotated[CompleteBody | None, Body()] = None,
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     completed = None if data is None or data.completed is MISSING else data.completed
-    return await _once(
+    return await once(
         request,
         conn,
         user_id,
@@ -797,8 +297,8 @@ async def complete_task(
             user_id=user_id,
             task_id=task_id,
             completed=completed,
-            max_tasks=request.app.state.settings.max_tasks_per_user,
-            if_match=_versions(if_match, weak=False),
+            max_tasks=settings.max_tasks_per_user,
+            if_match=versions(if_match, weak=False),
         ),
     )
 
@@ -811,13 +311,12 @@ async def complete_task(
     summary="Delete a task",
     description="Answers with the task that was deleted; a second DELETE is 404.",
     response_model=TaskRead,
-    responses={**_TASK_HEADERS, **_NOT_FOUND, **_PRECONDITION},
+    responses={**TASK_HEADERS, **NOT_FOUND, **PRECONDITION},
 )
 async def delete_task(
-    user_id: CurrentUser, conn: Conn, hub: Hub, task_id: TaskIdPath, if_match: IfMatch = None
+    user_id: CurrentUser, conn: Conn, task_id: TaskIdPath, if_match: IfMatch = None
 ) -> Response:
     task = await tasks.delete_task(
-        conn, user_id=user_id, task_id=task_id, if_match=_versions(if_match, weak=False)
+        conn, user_id=user_id, task_id=task_id, if_match=versions(if_match, weak=False)
     )
-    hub.written(user_id)
-    return _render_task(task)
+    return task_response(task)

@@ -1,207 +1,41 @@
 """Request and response shapes. Inputs ignore unknown and read-only fields on purpose (clients
-send back whole objects), refuse wrong JSON types, and carry the column limits.
+send back whole objects), refuse wrong JSON types, and carry the column limits (the fields'
+rules are schemas/fields.py's).
 
 "Left out" and "null" differ: a field left out of a PUT or PATCH keeps its value (the MISSING
 sentinel, which `model_dump` drops), `"description": null` clears the description, and a null
 title or completed is refused. The OpenAPI document says the same: no `null` where none is taken.
 """
 
-import re
-import unicodedata
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     MISSING,
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    StrictBool,
     StrictInt,
-    StrictStr,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
 )
 
-from backend.models.task import (
-    CONTROL_CHARACTER,
-    CONTROL_CHARACTER_IN_TEXT,
-    DESCRIPTION_MAX,
-    INTERVAL_MAX,
-    PRIORITIES,
-    TAG_MAX,
-    TAGS_MAX,
-    TIME_MAX,
-    TIME_MIN,
-    TITLE_MAX,
+from backend.models.task import INTERVAL_MAX, PRIORITIES, TAG_MAX, TAGS_MAX, Frequency, PriorityName
+from backend.schemas.fields import (
+    PRIORITY_DESCRIPTION,
+    Completed,
+    Description,
+    OptionalTitle,
+    Priority,
+    PriorityInput,
+    TagList,
+    Title,
+    When,
+    clean_line,
+    line_pattern,
 )
-
-# Characters that show nothing on their own: white space of every kind and format characters
-# such as the zero-width space (U+200B) or the BOM. A title made only of these is empty.
-_INVISIBLE_CATEGORIES = {"Zs", "Zl", "Zp", "Cf"}
-# The same rules as JSON Schema patterns (ECMA and Python regex alike), so that the OpenAPI
-# document says exactly what is accepted: a line is trimmed of white space, and what is left
-# starts and ends with a visible character, holds no control character and is 1..limit long
-# (so the limit is in the pattern: a maxLength would count the white space trimmed off).
-_CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
-_SPACE = "\\t\\n\\r \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
-_FORMAT = "\\u00ad\\u061c\\u180e\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u206f\\ufeff"
-_EDGE = f"[^{_CONTROL}{_SPACE}{_FORMAT}]"
-
-
-def line_pattern(limit: int) -> str:
-    return f"^[{_SPACE}]*({_EDGE}|{_EDGE}[^{_CONTROL}]{{0,{limit - 2}}}{_EDGE})[{_SPACE}]*$"
-
-
-TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f-\\u009f]*$"
-
-
-def _storable(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" from JSON
-        raise ValueError("must be valid Unicode text (no unpaired surrogates)") from None
-    return value
-
-
-def _clean_line(value: str, limit: int) -> str:
-    """A one-line text (title, tag): trimmed, with a visible character, no control character."""
-    # Checked before trimming too: str.strip() would silently drop a C1 control such as U+0085
-    # (tab and line breaks around it are only white space, and trimmed).
-    value = value.strip() if not CONTROL_CHARACTER_IN_TEXT.search(value) else "\x00"
-    if CONTROL_CHARACTER.search(value):
-        raise ValueError("must not contain control characters")
-    value = _storable(value)
-    if all(unicodedata.category(c) in _INVISIBLE_CATEGORIES or c.isspace() for c in value):
-        raise ValueError("must not be empty (it has no visible character)")
-    if len(value) > limit:
-        raise ValueError(f"must be at most {limit} characters")
-    return value
-
-
-def _clean_title(value: str) -> str:
-    return _clean_line(value, TITLE_MAX)
-
-
-def _clean_tags(tags: list[str]) -> list[str]:
-    # Duplicates are dropped case-insensitively ("Work" and "work" are one tag); the first
-    # spelling and the order are kept.
-    seen: set[str] = set()
-    unique = []
-    for tag in tags:
-        tag = _clean_line(tag, TAG_MAX)
-        if tag.casefold() not in seen:
-            seen.add(tag.casefold())
-            unique.append(tag)
-    if len(unique) > TAGS_MAX:
-        raise ValueError(f"must hold at most {TAGS_MAX} tags")
-    return unique
-
-
-_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
-
-
-def _text_only(value: Any) -> Any:
-    # pydantic would read a number, or a string of digits, as seconds since 1970: a date must
-    # be written as one.
-    if value is not None and not (isinstance(value, str) and _ISO_DATE_TIME.match(value)):
-        raise ValueError("must be an ISO-8601 date and time with an offset, as a string")
-    return value
-
-
-def _in_range(value: datetime) -> datetime:
-    # Kept in the offset it was sent with: a recurrence counts days in the sender's calendar.
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError:  # "0001-01-01T00:00:00+01:00" is before year 1 in UTC
-        raise ValueError("is out of range") from None
-    if utc in (TIME_MIN, TIME_MAX):  # PostgreSQL would store them as ±infinity
-        raise ValueError(
-            f"is out of range: it must lie after {TIME_MIN:%Y-%m-%dT%H:%M:%S.%fZ} and before "
-            f"{TIME_MAX:%Y-%m-%dT%H:%M:%S.%fZ}"
-        )
-    return value
-
-
-def _clean_description(value: str) -> str:
-    if CONTROL_CHARACTER_IN_TEXT.search(value):
-        raise ValueError("must not contain control characters other than tab and line breaks")
-    value = _storable(value)
-    if len(value) > DESCRIPTION_MAX:
-        raise ValueError(f"must be at most {DESCRIPTION_MAX} characters")
-    return value
-
-
-def _not_null(value: Any) -> Any:
-    if value is None:
-        raise ValueError("may be left out, but not set to null")
-    return value
-
-
-# The limits apply after trimming, which a JSON schema cannot say; the document states them
-# anyway so that generated clients and form validators know them.
-Title = Annotated[
-    StrictStr,
-    AfterValidator(_clean_title),
-    Field(
-        json_schema_extra={"pattern": line_pattern(TITLE_MAX)},
-        description=f"1 to {TITLE_MAX} characters after trimming surrounding white space",
-    ),
-]
-Description = Annotated[
-    StrictStr,
-    AfterValidator(_clean_description),
-    Field(json_schema_extra={"maxLength": DESCRIPTION_MAX, "pattern": TEXT_PATTERN}),
-]
-Tags = Annotated[
-    list[StrictStr],
-    AfterValidator(_clean_tags),
-    Field(
-        json_schema_extra={
-            "maxItems": TAGS_MAX,
-            "items": {"type": "string", "pattern": line_pattern(TAG_MAX)},
-        },
-        description=f"at most {TAGS_MAX} tags of 1 to {TAG_MAX} characters; duplicates (in any "
-        "case) are dropped, the order is kept",
-    ),
-]
-When = Annotated[
-    AwareDatetime,
-    BeforeValidator(_text_only),
-    AfterValidator(_in_range),
-    Field(description="ISO-8601 with an offset or Z, e.g. 2026-12-01T09:00:00+01:00"),
-]
-PriorityName = Literal["low", "medium", "high", "urgent"]  # models.task.PRIORITIES, in order
-
-
-def _lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
-
-
-# A priority as frontends send it: the name in any letter case ("MEDIUM" from an enum, "Medium"
-# from a label), returned lowercase. The document lists the spellings clients use, so that a
-# generated client still refuses an unknown level.
-PRIORITY_SPELLINGS = [
-    spelling for name in PRIORITIES for spelling in (name, name.upper(), name.capitalize())
-]
-_PRIORITY_DESCRIPTION = f"{', '.join(PRIORITIES)}, in any letter case (returned lowercase)"
-PriorityInput = Annotated[
-    PriorityName,
-    BeforeValidator(_lower),
-    WithJsonSchema(
-        {"type": "string", "enum": PRIORITY_SPELLINGS, "description": _PRIORITY_DESCRIPTION}
-    ),
-]
-# Fields that may be left out of a body but are never null.
-Completed = Annotated[StrictBool, BeforeValidator(_not_null)]
-OptionalTitle = Annotated[Title, BeforeValidator(_not_null)]
-Priority = Annotated[PriorityInput, BeforeValidator(_not_null)]
-TagList = Annotated[Tags, BeforeValidator(_not_null)]
-
 
 # The task the document's examples show. Examples hold no null: FastAPI leaves every None out
 # of the OpenAPI document, so a null in an example would come out as a missing field.
@@ -228,7 +62,7 @@ class Recurrence(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    frequency: Literal["daily", "weekly", "monthly", "yearly"]
+    frequency: Frequency
     interval: Annotated[StrictInt, Field(ge=1, le=INTERVAL_MAX)] = 1
 
 
@@ -373,7 +207,7 @@ QUERY_TEXT_MAX = 100
 
 
 def _clean_query_tag(value: str) -> str:
-    return _clean_line(value, TAG_MAX)
+    return clean_line(value, TAG_MAX)
 
 
 def _query_datetime(value: Any) -> Any:
@@ -416,7 +250,7 @@ class TaskQuery(BaseModel):
     priority: Annotated[
         list[PriorityInput] | None,
         BeforeValidator(_priorities),
-        Field(description=f"one or more of {_PRIORITY_DESCRIPTION}, comma-separated"),
+        Field(description=f"one or more of {PRIORITY_DESCRIPTION}, comma-separated"),
     ] = None
     tag: Annotated[
         list[
@@ -432,7 +266,7 @@ class TaskQuery(BaseModel):
         str | None,
         # A line like a title: 1 to 100 characters after trimming, in the pattern (a maxLength
         # would count the white space trimmed off).
-        AfterValidator(lambda v: v if v is None else _clean_line(v, QUERY_TEXT_MAX)),
+        AfterValidator(lambda v: v if v is None else clean_line(v, QUERY_TEXT_MAX)),
         Field(
             json_schema_extra={"pattern": line_pattern(QUERY_TEXT_MAX)},
             description="case-insensitive text in title or description, 1 to 100 characters",

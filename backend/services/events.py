@@ -2,10 +2,10 @@
 each stream is sent.
 
     ChangeHub            one per process: the caps, the wake-ups, the listening connection
-    └── _Group           one per user with open streams: one reader task for all of them
-        └── Stream       one open stream: counted from `open` to `close`; `body()` is its text
+    └── Group            one per user with open streams: one reader task for all of them
+        └── Stream       one open stream: counted from `open` to `close` (services/streams.py)
 
-A user's group reads the change feed (services.tasks.changes) once per wake, from the lowest
+A user's group reads the change feed (services.changes) once per wake, from the lowest
 position among its streams that can take more, renders each change once, and hands every
 stream the events after its own position: streams of one user may start from different tokens
 (a reconnecting one with an old Last-Event-ID), and each gets exactly its own gap, once. A
@@ -16,33 +16,35 @@ once. What wakes it:
   a transaction-mode pooler cannot hold a LISTEN — from the first stream until none has been
   open for LINGER_SECONDS. While it is down (or behind a pooler with no direct URL), each group
   reads every POLL_SECONDS instead, and all of them once it is back.
-- SQLite: the writes of this process, which the routes report with `written`; the writes of
+- SQLite: the writes of this process, which TaskRoute reports with `written`; the writes of
   other processes (`--workers`) are found by reading every SQLITE_POLL_SECONDS.
 A heartbeat reads nothing.
 
 Bounds: at most SSE_MAX_STREAMS_PER_USER streams per user and SSE_MAX_STREAMS per process
-(TooManyStreams, before anything is read). A stream holds at most BACKLOG_BYTES of events it
-has not sent yet (or one page, when it had none): a group reads the next page for a stream only
-once it has sent what it was handed, and a stream still holding that much when more comes for
-it is ended, so that its client reconnects with Last-Event-ID. A stream ends when its token
-expires (`exp` plus JWT_LEEWAY_SECONDS, on `clock`). Each ending is the stream's last line, a
-comment saying why.
+(TooManyStreams, before anything is read); what each stream may hold unsent, and when it ends,
+is services/streams.py's.
 """
 
 import asyncio
 import bisect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Protocol
-
-import orjson
 
 from backend import db
 from backend.config import Settings
 from backend.errors import AppError, TooManyStreams
-from backend.services import tasks
+from backend.services.changes import Changes, changes
+from backend.services.streams import (
+    RECONNECT_SECONDS,
+    SHUTTING_DOWN,
+    Group,
+    Stream,
+    encode,
+    unreadable,
+)
 
 logger = logging.getLogger("backend.events")
 
@@ -55,161 +57,12 @@ SQLITE_POLL_SECONDS = 15.0
 # idle Neon compute can still suspend; a stream that comes back soon finds it open.
 LINGER_SECONDS = 60.0
 _RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
-# Seconds a client waits before it reconnects: the `retry:` of every stream, and the
-# Retry-After of a stream refused by a cap.
-RECONNECT_SECONDS = 3
 PAGE = 100  # changes read per round trip
 BACKLOG_BYTES = 256 * 1024
-
-# The last line of a stream that the server ends, after `: `.
-EXPIRED = "token expired; reconnect with a fresh token and Last-Event-ID"
-FELL_BEHIND = (
-    "too far behind: changes came faster than this client read them; reconnect with Last-Event-ID"
-)
-SHUTTING_DOWN = "the server is shutting down; reconnect with Last-Event-ID"
-
-
-def _unreadable(code: str) -> str:
-    return f"the changes could not be read ({code}); reconnect with Last-Event-ID"
-
-
-def _encode(seq: int, task_id: int, task: tasks.TaskRecord | None) -> bytes:
-    if task is None:
-        data = orjson.dumps({"id": task_id})
-        return b"id: %d\nevent: deleted\ndata: %s\n\n" % (seq, data)
-    data = orjson.dumps(task, option=orjson.OPT_UTC_Z)
-    return b"id: %d\nevent: changed\ndata: %s\n\n" % (seq, data)
 
 
 class _Waker(Protocol):
     def set(self) -> None: ...
-
-
-class Stream:
-    """One open event stream. Counted against the caps from `ChangeHub.open` until `close`
-    (idempotent), which whoever serves it calls however it ends."""
-
-    def __init__(self, hub: "ChangeHub", group: "_Group", deadline: float) -> None:
-        self._hub = hub
-        self._group = group
-        self._deadline = deadline  # the token's exp plus the leeway (any JSON number)
-        self.following = False  # from `follow` on
-        self.position = 0  # the last change handed to it
-        self.changed = False  # a change after `position` may exist
-        self.ended: str | None = None  # why the server ended it
-        self._closed = False
-        self._backlog: list[bytes] = []  # events handed to it, not yet sent
-        self._backlog_bytes = 0
-        self._ready = asyncio.Event()  # something to send, or an ending
-
-    def follow(self, position: int) -> None:
-        """Start handing this stream the changes after `position` (a token known to be valid)."""
-        self.position = position
-        self.following = True
-        group = self._group
-        if group.frontier is None or position < group.frontier:
-            # The group has not read yet, or has read past this position: read for it.
-            self.changed = True
-            group.kick.set()
-        if group.reader is None or group.reader.done():
-            group.reader = self._hub._start_reader(group)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.end("closed")
-            self._hub._release(self)
-
-    def end(self, reason: str) -> None:
-        """End it: `reason` is its last line (a comment), and nothing more is sent."""
-        if self.ended is None:
-            self.ended = reason
-            self._backlog.clear()
-            self._backlog_bytes = 0
-            self._ready.set()
-            self._group.kick.set()  # its reader may have no one left to read for
-
-    @property
-    def reading(self) -> bool:
-        """Whether changes are handed to it (it follows them and has not ended)."""
-        return self.following and self.ended is None
-
-    @property
-    def wants_more(self) -> bool:
-        """Whether a change after its position may exist."""
-        frontier = self._group.frontier
-        return self.reading and (
-            self.changed or (frontier is not None and self.position < frontier)
-        )
-
-    @property
-    def hungry(self) -> bool:
-        """Whether it has sent everything it was handed."""
-        return not self._backlog
-
-    def hand(self, events: list[bytes]) -> None:
-        size = sum(map(len, events))
-        if self._backlog and self._backlog_bytes + size > self._hub.backlog_bytes:
-            self.end(FELL_BEHIND)
-            return
-        self._backlog.extend(events)
-        self._backlog_bytes += size
-        self._ready.set()
-
-    def _take(self) -> bytes:
-        chunk = b"".join(self._backlog)
-        self._backlog.clear()
-        self._backlog_bytes = 0
-        if self.wants_more:
-            self._group.kick.set()  # sent what it had: the next page, if there is one
-        return chunk
-
-    async def body(self) -> AsyncIterator[bytes]:
-        """The text/event-stream: `retry:` and `: connected`, then each event handed over, a
-        `: heartbeat` after SSE_HEARTBEAT_SECONDS of silence, and a last comment line when the
-        server ends it. The token's expiry is checked before anything is sent."""
-        hub = self._hub
-        heartbeat = hub.heartbeat_seconds
-        yield b"retry: %d\n: connected\n\n" % (RECONNECT_SECONDS * 1000)
-        while True:
-            now = hub.clock()
-            if now >= self._deadline:
-                self.end(EXPIRED)
-            if self.ended is not None:
-                yield b": %s\n\n" % self.ended.encode()
-                return
-            if self._backlog:
-                yield self._take()
-                continue
-            self._ready.clear()
-            # (Compared before subtracting: an exp of 400 digits must not overflow a float.)
-            wait = heartbeat if self._deadline > now + heartbeat else self._deadline - now
-            try:
-                async with asyncio.timeout(wait):
-                    await self._ready.wait()
-            except TimeoutError:
-                if hub.clock() < self._deadline:
-                    yield b": heartbeat\n\n"
-
-
-class _Group:
-    """A user's open streams, and the one task that reads the user's changes for them."""
-
-    def __init__(self, user_id: str) -> None:
-        self.user_id = user_id
-        self.members: set[Stream] = set()  # open ones, following or not yet
-        self.kick = asyncio.Event()  # a stream may want a read
-        # The feed is known to reach this far: the latest change the last read saw (one past
-        # its last row when it had more). Streams behind it want a read.
-        self.frontier: int | None = None
-        self.reader: asyncio.Task[None] | None = None
-        self.waiting = False  # the reader waits for a wake-up, with nothing to read
-
-    def set(self) -> None:
-        """The wake-up: the user may have changed something."""
-        for stream in self.members:
-            stream.changed = True
-        self.kick.set()
 
 
 class ChangeHub:
@@ -222,12 +75,11 @@ class ChangeHub:
         database: db.Database,
         *,
         linger_seconds: float = LINGER_SECONDS,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._database = database
         self._linger = linger_seconds
-        self.clock = clock
+        self.clock: Callable[[], float] = time.time
         self.poll_seconds = POLL_SECONDS
         self.sqlite_poll_seconds = SQLITE_POLL_SECONDS
         self.backlog_bytes = BACKLOG_BYTES
@@ -236,11 +88,11 @@ class ChangeHub:
         self._max_per_user = settings.sse_max_streams_per_user
         self._max = settings.max_streams
         self._open = 0
-        self._groups: dict[str, _Group] = {}
+        self._groups: dict[str, Group] = {}
         self._readers: set[asyncio.Task[None]] = set()
         self._idle: asyncio.TimerHandle | None = None
         self._waiting: dict[str, set[_Waker]] = {}
-        self._database_notifies = not db.is_sqlite(db.normalize_url(settings.db_url))
+        self._database_notifies = not database.sqlite
         self._can_listen = db.can_listen(settings)
         self._listener: asyncio.Task[None] | None = None
         self._failures = 0
@@ -267,7 +119,7 @@ class ChangeHub:
         if self._open >= self._max:
             raise TooManyStreams(limit=self._max, per_user=False, retry_after=RECONNECT_SECONDS)
         if group is None:
-            group = self._groups[user_id] = _Group(user_id)
+            group = self._groups[user_id] = Group(user_id)
             self._register(user_id, group)
         stream = Stream(self, group, expires + self._leeway)
         group.members.add(stream)
@@ -314,8 +166,8 @@ class ChangeHub:
             waker.set()
 
     def written(self, user_id: str) -> None:
-        """A request of this process changed `user_id`'s tasks (the database says so itself
-        where it can: then this is nothing)."""
+        """A request of this process changed `user_id`'s tasks (TaskRoute says so after each
+        successful write; the database says so itself where it can: then this is nothing)."""
         if not self._database_notifies:
             self.notify(user_id)
 
@@ -330,13 +182,13 @@ class ChangeHub:
             return self.sqlite_poll_seconds
         return None if self.live else self.poll_seconds
 
-    def _start_reader(self, group: _Group) -> asyncio.Task[None]:
+    def _start_reader(self, group: Group) -> asyncio.Task[None]:
         reader = asyncio.create_task(self._read_changes(group), name="event stream reader")
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
         return reader
 
-    async def _read_changes(self, group: _Group) -> None:
+    async def _read_changes(self, group: Group) -> None:
         """The group's reader: one read per wake for all its streams, and one per page for
         those catching up, each once it has sent what it was handed. It returns once none of
         them is left (never cancelled: a read cut short could leave its connection unusable)."""
@@ -360,29 +212,27 @@ class ChangeHub:
                 stream.changed = False
             try:
                 async with self._database.connect() as conn:
-                    page = await tasks.changes(
-                        conn, user_id=group.user_id, since=str(since), limit=PAGE
-                    )
+                    page = await changes(conn, user_id=group.user_id, since=str(since), limit=PAGE)
             except (AppError, db.DatabaseUnavailable) as exc:
                 # The clients reconnect with Last-Event-ID and miss nothing.
                 code = exc.code if isinstance(exc, AppError) else "SERVICE_UNAVAILABLE"
                 logger.info("event streams of a user ended: %s", code)
                 for stream in group.members:
-                    stream.end(_unreadable(code))
+                    stream.end(unreadable(code))
                 continue
             except Exception:
                 logger.exception("event streams of a user ended: an unexpected failure")
                 for stream in group.members:
-                    stream.end(_unreadable("INTERNAL_ERROR"))
+                    stream.end(unreadable("INTERNAL_ERROR"))
                 continue
             self._deliver(group, page, covered)
 
-    def _deliver(self, group: _Group, page: tasks.Changes, covered: list[Stream]) -> None:
+    def _deliver(self, group: Group, page: Changes, covered: list[Stream]) -> None:
         last = int(page.next)
         reached = last + 1 if page.has_more else last
         group.frontier = reached if group.frontier is None else max(group.frontier, reached)
         seqs = [seq for seq, _, _ in page.items]
-        events = [_encode(seq, task_id, task) for seq, task_id, task in page.items]
+        events = [encode(seq, task_id, task) for seq, task_id, task in page.items]
         for stream in covered:
             position = stream.position
             if not stream.reading:  # ended while the page was read

@@ -18,14 +18,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy import ColumnElement, Insert, Table, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend import db
 from backend.errors import IdempotencyKeyReused
-from backend.models.sync import IdempotencyKey
+from backend.models.sync import KEY_HOURS, IdempotencyKey
 
-KEY_HOURS = 24
 KEYS_PER_USER = 1000
 
 key_table = cast(Table, IdempotencyKey.__table__)  # type: ignore[attr-defined]
@@ -85,7 +84,7 @@ async def once(
     values = {"user_id": user_id, "key": key, "request_hash": fingerprint, "created_at": now}
     where = {"key_user": user_id, "key_value": key}
     async with db.transaction(conn):
-        claim = db.insert_unless_present(
+        claim = insert_unless_present(
             conn,
             key_table,
             {**values, "status": None, "body": None},
@@ -101,6 +100,24 @@ async def once(
         await conn.execute(_RECORD, {**where, "status": status, "body": body.decode()})
         await conn.execute(_FORGET_OLDEST, {"key_user": user_id})
     return Outcome(status=status, body=body, replayed=False)
+
+
+def insert_unless_present(
+    conn: AsyncConnection,
+    table: Table,
+    values: dict[str, Any],
+    *,
+    replace_where: ColumnElement[bool],
+) -> Insert:
+    """INSERT these values, or replace the row with the same primary key if `replace_where`
+    holds for it (an expired one, say). A row comes back when the values were written; none when
+    a row that stays was there. A row being written by another transaction is waited for."""
+    statement = db.upsert(conn, table).values(values)
+    return statement.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={name: statement.excluded[name] for name in values},
+        where=replace_where,
+    ).returning(*table.primary_key.columns)
 
 
 async def purge(conn: AsyncConnection, *, now: datetime) -> int:

@@ -22,7 +22,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.config import Settings
-from backend.errors import CorsRefused, error_response
+from backend.errors import CorsRefused
+from backend.web.errors import error_response
 
 logger = logging.getLogger("backend.cors")
 
@@ -78,7 +79,6 @@ class Cors(CORSMiddleware):
         app: ASGIApp,
         *,
         settings: Settings,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(
             app,
@@ -90,7 +90,7 @@ class Cors(CORSMiddleware):
             expose_headers=EXPOSED_HEADERS,
         )
         self._allowed = allowed_origins(settings)
-        self._clock = clock
+        self.clock: Callable[[], float] = time.monotonic  # when a refusal was last logged
         self._logged: OrderedDict[str, float] = OrderedDict()  # origin -> when last logged
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,7 +138,7 @@ class Cors(CORSMiddleware):
         return refused
 
     def _log_refusal(self, origin: str, what: str) -> None:
-        now = self._clock()
+        now = self.clock()
         last = self._logged.get(origin)
         if last is not None and now - last < LOG_EVERY_SECONDS:
             return

@@ -2,16 +2,17 @@
 
 FastAPI solves each request's parameters generically: for every parameter of every request it
 works out again where the value comes from, whether its type is a sequence, which aliases it
-has, and it runs the dependencies in exit stacks. That is about a fifth of a request's CPU time
-here. A `Binder` works all of that out once, when the route is made, and per request only reads
-the values and runs each parameter's own validator (the same pydantic validator, with the same
-location, that FastAPI runs).
+has, and it runs the dependencies in exit stacks: a large share of a request's CPU time
+(bench/README.md). A `Binder` works all of that out once, when the route is made, and per
+request only reads the values and runs each parameter's own validator (the same pydantic
+validator, with the same location, that FastAPI runs); the marker dependencies
+(web/dependencies.py) it supplies from what the pipeline set, without solving them.
 
 It binds only what it can bind exactly: a request whose values all validate. A missing or
 invalid value is left to FastAPI, which then answers with its own 422 as before; a handler with
 a parameter of a kind it does not bind (cookies, security scopes, other dependencies) gets no
-binder at all. So the errors are FastAPI's, and a valid request gets the
-same arguments either way (`tests/test_binding.py` compares them).
+binder at all (TaskRoute refuses such a handler). So the errors are FastAPI's, and a valid
+request gets the same arguments either way (`tests/test_binding.py` compares them).
 """
 
 from collections.abc import Callable
